@@ -1,0 +1,1 @@
+"""deepmine.export — torch → ONNX with deepmine metadata, parity checks, optimisation, quantisation."""

@@ -1,0 +1,157 @@
+"""The ``deepmine`` command: one typer app, one error path for every command.
+
+Commands live in sibling modules, each exposing ``register(app)``; the app registers every
+module listed in :data:`COMMAND_MODULES` that exists. Errors meant for the user
+(:class:`~deepmine.inference.errors.DeepmineError`, click usage errors, unreadable files) are
+printed as one line ``deepmine <command>: error: <message>`` with a non-zero exit and no
+traceback; ``--debug`` (or ``DEEPMINE_DEBUG=1``) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from .. import __version__
+from ..errors import DeepmineError
+
+def _click_exceptions():
+    """Click's exception classes as typer raises them (recent typer vendors click as
+    ``typer._click``; older ones use click itself)."""
+    click_exc = typer.BadParameter.__mro__
+    base = next(c for c in click_exc if c.__name__ == "ClickException")
+    mod = sys.modules[base.__module__]
+    return base, mod.Exit if hasattr(mod, "Exit") else typer.Exit, mod.Abort if hasattr(mod, "Abort") else typer.Abort
+
+
+ClickException, ClickExit, ClickAbort = _click_exceptions()
+
+COMMAND_MODULES = (
+    "demo", "craft", "scan", "rank", "selection", "inspect", "train", "export",
+    "generate", "info", "bench",
+)  # fmt: skip
+
+app = typer.Typer(
+    name="deepmine",
+    help="Mine rare objects (strong gravitational lenses first) in survey imaging.\n\n"
+    "Craft lenses (LensCrafter), train classifiers (torch, `deepmine[train]`), export them to "
+    "ONNX, scan survey cutouts without torch, rank candidates, measure selection functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deepmine {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Mine rare objects in survey imaging."""
+    if debug:
+        os.environ["DEEPMINE_DEBUG"] = "1"
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        modname = f"{__package__}.{name}_cmd"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:  # command not built yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def _command_path(argv: list[str]) -> str:
+    words = [a for a in argv if not a.startswith("-")][:2]
+    path = "deepmine"
+    if words and words[0] in app_command_names():
+        path += f" {words[0]}"
+    return path
+
+
+def app_command_names() -> set[str]:
+    cmd = typer.main.get_command(app)
+    return set(getattr(cmd, "commands", {}).keys())
+
+
+def _one_line(message: str) -> str:
+    lines = [ln.strip() for ln in str(message).strip().splitlines() if ln.strip()]
+    return " ".join(lines) if lines else "unknown error"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return (and, as a console script, exit with) the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DEEPMINE_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    where = _command_path(argv)
+    try:
+        rv = command.main(args=argv, prog_name="deepmine", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except (ClickExit, typer.Exit) as exc:
+        code = exc.exit_code
+    except (ClickAbort, typer.Abort):
+        print(f"{where}: aborted", file=sys.stderr)
+        code = 130
+    except ClickException as exc:  # usage errors, bad parameters, missing options
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed
+            return 0
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            where = ctx.command_path
+        print(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')", file=sys.stderr)
+        code = exc.exit_code
+    except DeepmineError as exc:
+        if debug:
+            raise
+        print(f"{where}: error: {_one_line(str(exc))}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{where}: interrupted; completed work is kept (rerun with --resume where offered)", file=sys.stderr)
+        code = 130
+    except MemoryError:
+        if debug:
+            raise
+        print(f"{where}: error: out of memory; use a smaller --batch-size or fewer threads", file=sys.stderr)
+        code = 1
+    except OSError as exc:
+        if debug:
+            raise
+        name = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"{where}: error: {name}{exc.strerror or _one_line(str(exc))}", file=sys.stderr)
+        code = 1
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into one line
+        if debug:
+            raise
+        print(
+            f"{where}: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            "(rerun with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        code = 1
+    return int(code or 0)
+
+
+def run() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())

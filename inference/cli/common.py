@@ -1,0 +1,85 @@
+"""Shared pieces of the command line: consoles, progress bars, option helpers.
+
+Command modules import heavy dependencies (astropy, onnxruntime, lenscrafter, torch) inside
+their command functions, so that ``deepmine --help`` stays fast and torch-free.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..errors import InputError, file_error
+
+#: Human-facing messages go to stderr; data (tables, JSON) to stdout.
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def progress(transient: bool = False) -> Progress:
+    """A rich progress bar for long work (hidden automatically when not on a terminal)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}", justify="right"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+        disable=bool(os.environ.get("DEEPMINE_NO_PROGRESS")),
+    )
+
+
+@contextlib.contextmanager
+def task(description: str, total: int | None) -> Iterator:
+    """``with task("crafting", n) as advance: advance(k)`` — a one-bar progress context."""
+    with progress() as prog:
+        tid = prog.add_task(description, total=total, rate="")
+
+        def advance(k: int = 1, rate: str = "") -> None:
+            prog.update(tid, advance=k, rate=rate)
+
+        yield advance
+
+
+def existing_file(path: Path, what: str = "file") -> Path:
+    """Raise a one-line error unless ``path`` is an existing, non-empty, readable file."""
+    p = Path(path)
+    if not p.exists():
+        raise file_error(p, f"{what} not found")
+    if p.is_dir():
+        raise file_error(p, f"expected a {what}, got a directory")
+    if not os.access(p, os.R_OK):
+        raise file_error(p, f"{what} is not readable (permissions)")
+    if p.stat().st_size == 0:
+        raise file_error(p, f"{what} is empty")
+    return p
+
+
+def parse_fraction_or_count(text: str, option: str = "--top") -> float | int:
+    """``"0.005"`` → fraction 0.005; ``"100"`` → count 100. Errors name the option."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{option}: expected a fraction in (0, 1) or a count, got {text!r}") from None
+    if value <= 0:
+        raise InputError(f"{option}: must be positive, got {text!r}")
+    if value < 1:
+        return value
+    if value != int(value):
+        raise InputError(f"{option}: a count must be a whole number, got {text!r}")
+    return int(value)

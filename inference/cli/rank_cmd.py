@@ -1,0 +1,91 @@
+"""``deepmine rank``: ranking performance and the tracer recovery curve of a scan."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import existing_file, out_console
+
+
+def rank(
+    scores: Path = typer.Argument(
+        ..., help="Scores of the negative pool: .npy (1-D), a catalogue (FITS/ECSV/Parquet) or a "
+        "reference pool written by --save-pool.", show_default=False,
+    ),
+    tracers: Path = typer.Option(
+        ..., "--tracers", "-t", help="Scores of the tracers (known lenses), same formats.", show_default=False
+    ),
+    column: Optional[str] = typer.Option(
+        None, "--column", "-c", help="Catalogue column of both files (default: logit, score, probability)."
+    ),
+    tracer_column: Optional[str] = typer.Option(None, "--tracer-column", help="Column of the tracer file, if different."),
+    cut: float = typer.Option(0.995, "--cut", min=0.0, max=1.0, help="Inspection cut on ordinality."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the TRC figure (PNG/PDF/SVG) here."),
+    save_pool: Optional[Path] = typer.Option(
+        None, "--save-pool", help="Also store the negatives as a sorted reference pool (FITS) here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
+) -> None:
+    """Rank tracers against a pool of negatives: print the ranking performance (RP = 2·AUC − 1)
+    and the fraction of tracers above the inspection cut; optionally plot the TRC.
+
+    Tracers are ranked against the pool, not inserted into it (seed 2.4, 4.6). Logits are
+    preferred to probabilities, which saturate at 1.0 in float32 and tie the top candidates.
+    """
+    from ..pool import POOL_MARKER, ReferencePool
+    from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
+    from ..scorefile import checked_scores
+
+    existing_file(scores, "scores file")
+    existing_file(tracers, "tracer file")
+    negatives = None
+    if scores.suffix.lower() in (".fits", ".fit"):
+        from astropy.io import fits
+
+        try:
+            is_pool = fits.getheader(scores).get("DMPOOL") == POOL_MARKER
+        except Exception:  # noqa: BLE001 - not a FITS image; read_scores reports it properly
+            is_pool = False
+        if is_pool:
+            negatives = ReferencePool.load(scores).scores
+    if negatives is None:
+        negatives = checked_scores(scores, column)
+    tr = checked_scores(tracers, tracer_column or column)
+    rp = ranking_performance(tr, negatives)
+    frac = fraction_above(tr, negatives, cut)
+    result = {
+        "ranking_performance": rp,
+        "auc": (rp + 1) / 2,
+        "fraction_above_cut": frac,
+        "cut": cut,
+        "n_tracers": int(tr.shape[0]),
+        "n_negatives": int(negatives.shape[0]),
+    }
+    if save_pool is not None:
+        ReferencePool.from_scores(negatives, source=str(scores), column=column or "auto").save(save_pool)
+        result["pool"] = str(save_pool)
+    if plot is not None:
+        from ..trcplot import plot_trc
+
+        curve = tracer_recovery_curve(tr, negatives)
+        plot_trc(curve, plot, rp=rp, cut=cut, n_negatives=int(negatives.shape[0]),
+                 title=f"Tracer recovery curve: {tracers.name} vs {scores.name}")
+        result["plot"] = str(plot)
+    if as_json:
+        print(json.dumps(result))
+        return
+    out_console.print(f"ranking performance  {rp:.6f}   (AUC {result['auc']:.6f})")
+    out_console.print(
+        f"tracers above {cut:g}   {100 * frac:.2f} %   ({round(frac * tr.shape[0])} of {tr.shape[0]}; "
+        f"{negatives.shape[0]:,} negatives)"
+    )
+    for key in ("pool", "plot"):
+        if key in result:
+            out_console.print(f"wrote {key:<5}           {result[key]}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rank")(rank)

@@ -1,0 +1,80 @@
+"""Read a column of scores from a ``.npy`` array or a catalogue (FITS binary table, ECSV, Parquet)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, file_error
+
+SCORE_COLUMNS = ("logit", "score", "probability")
+
+
+def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarray:
+    """Return the 1-D scores stored in ``path``.
+
+    Parameters
+    ----------
+    path : .npy file (1-D array, memory-mapped) or a table readable by astropy
+        (``.fits``/``.fit``/``.fz``, ``.ecsv``, ``.parquet``, ``.csv``).
+    column : str, optional
+        Table column to read; by default the first of ``logit``, ``score``, ``probability``.
+
+    Raises
+    ------
+    InputError
+        Missing, empty, truncated or corrupt file; missing column; non-1-D array.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "file not found")
+    if p.stat().st_size == 0:
+        raise file_error(p, "file is empty")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix.lower() == ".gz" else p.suffix.lower()
+    if suffix == ".npy":
+        with open(p, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise file_error(p, "not a .npy file (no NumPy header); is it a text or a corrupt file?")
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise file_error(p, f"not a readable .npy array ({str(exc).splitlines()[0]})") from None
+        if column is not None:
+            raise file_error(p, f"--column {column!r} given, but a .npy file has no columns")
+        if arr.ndim == 2 and 1 in arr.shape:
+            arr = arr.reshape(-1)
+        if arr.ndim != 1:
+            raise file_error(p, f"expected a 1-D array of scores, got shape {arr.shape}")
+        return np.asarray(arr)
+    from astropy.table import Table
+
+    try:
+        table = Table.read(p)
+    except Exception as exc:  # astropy raises many kinds for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise file_error(p, f"not a readable catalogue ({first})") from None
+    if column is None:
+        column = next((c for c in SCORE_COLUMNS if c in table.colnames), None)
+        if column is None:
+            raise file_error(p, f"no score column (looked for {', '.join(SCORE_COLUMNS)}); pass --column")
+    elif column not in table.colnames:
+        raise file_error(p, f"no column {column!r}; columns are: {', '.join(table.colnames)}")
+    col = table[column]
+    data = np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col)
+    if data.ndim != 1:
+        raise file_error(p, f"column {column!r} is not 1-D (shape {data.shape})")
+    if len(data) == 0:
+        raise file_error(p, "catalogue has no rows")
+    return data
+
+
+def checked_scores(path, column=None, name: str | None = None) -> np.ndarray:
+    """:func:`read_scores` followed by :func:`~deepmine.inference.ranking.check_scores`, errors naming the file."""
+    from .ranking import check_scores
+
+    data = read_scores(path, column)
+    try:
+        return check_scores(data, name or str(path))
+    except InputError as exc:
+        raise InputError(str(exc)) from None

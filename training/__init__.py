@@ -1,0 +1,1 @@
+"""deepmine.training — PyTorch: LensFlow, EZnet, LensGenerator (GAN), datasets, augmentation, recipes."""
