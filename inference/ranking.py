@@ -67,6 +67,8 @@ def check_scores(scores, name: str = "scores") -> np.ndarray:
         raise InputError(f"{name}: no scores (empty array)")
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
         raise InputError(f"{name}: expected real-valued scores, got dtype {x.dtype}")
+    if not x.dtype.isnative:  # FITS tables are big-endian
+        x = x.astype(x.dtype.newbyteorder("="))
     if x.dtype == np.float16:
         x = x.astype(np.float32)
     elif not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize > 8:
@@ -121,7 +123,7 @@ def _radix_argsort(keys, idx_dtype_sample, digit_bits, n_digits):  # pragma: no 
         k = keys[i]
         for d in range(n_digits):
             hist[d, (k >> (d * digit_bits)) & mask] += 1
-    src_k = keys.copy()
+    src_k = keys  # our own key array: sorted in place of a copy
     src_i = np.empty(n, dtype=idx_dtype_sample.dtype)
     for i in range(n):
         src_i[i] = i
@@ -315,6 +317,10 @@ def _check_sorted(reference) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 class TracerRecoveryCurve(NamedTuple):
     """Step function of the TRC: ``recovered[i]`` = fraction of tracers with ordinality ≥ ``ordinality[i]``.
+
+    The curve is left-continuous: ``recovered[i]`` holds on ``(ordinality[i-1], ordinality[i]]``
+    and is 0 above the highest tracer, so its area is ``Σ diff(ordinality)·recovered[1:]`` =
+    mean tracer ordinality.
 
     ``ordinality`` starts at 0 (everything recovered) and holds every distinct tracer
     ordinality in increasing order; ``tracer_ordinality`` is each tracer's own value.

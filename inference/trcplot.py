@@ -30,8 +30,9 @@ def plot_trc(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # recovered[i] holds on (ordinality[i-1], ordinality[i]]; nothing is recovered above the top tracer
     x = np.concatenate([curve.ordinality, [1.0]])
-    y = np.concatenate([curve.recovered, [curve.recovered[-1]]])
+    y = np.concatenate([curve.recovered, [0.0]])
     # dense grid (plus every step) for the shaded area between the TRC and the diagonal
     o_sorted = np.sort(curve.tracer_ordinality)
     g = np.unique(np.concatenate([np.linspace(0.0, 1.0, 4001), 1.0 - np.geomspace(1e-6, 0.05, 2000), x]))
@@ -41,7 +42,7 @@ def plot_trc(
         ax.fill_between([0, 1], [1, 0], [1, 1], color="#1f77b4", alpha=0.18, lw=0, label="perfect classifier")
         ax.fill_between(g, yg, 1 - g, where=yg >= 1 - g, interpolate=True, color="#1f77b4", alpha=0.45,
                         lw=0, label="TRC above no discrimination")
-        ax.step(x, y, where="post", color="k", lw=1.6, label="tracer recovery curve")
+        ax.step(x, y, where="pre", color="k", lw=1.6, label="tracer recovery curve")
         ax.plot([0, 1], [1, 0], ls="--", color="tab:red", lw=1.2, label="no discrimination")
         ax.axvline(cut, color="tab:green", ls=":", lw=1.2, label=f"inspection cut {cut:g}")
         ax.set_xlim(lo, hi)

@@ -1,0 +1,222 @@
+"""ONNX graph building and rewriting: torch → ONNX, BatchNorm folding, offline optimisation.
+
+All functions take and return :class:`onnx.ModelProto` objects (in memory); nothing here
+writes the final model file (that is :mod:`deepmine.export.exporter`'s job, atomically).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from deepmine.inference.errors import DeepmineError
+
+#: Offline optimisation levels: both keep to standard ONNX operators, so the saved graph runs
+#: on any execution provider; the scanner's session applies the hardware-specific (ALL) level.
+OPTIMIZATION_LEVELS = ("basic", "extended")
+
+
+class ExportError(DeepmineError):
+    """The model could not be turned into a correct ONNX graph (exit status 1)."""
+
+
+def torch_to_onnx(wrapper, example, input_name: str, output_names: list[str]) -> tuple[onnx.ModelProto, dict]:
+    """Export ``wrapper`` (eval mode) with a dynamic batch axis; return the graph and how.
+
+    Uses ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript) with
+    ``dynamic_shapes`` on axis 0 and an example batch of at least 2 (a batch of 1 would be
+    specialised). Falls back to the TorchScript exporter only if the dynamo path raises; the
+    reason is returned (and warned) so that it lands in the model's metadata.
+    """
+    import torch
+
+    if example.shape[0] < 2:
+        example = torch.cat([example, example], dim=0)
+    wrapper = wrapper.eval()
+    info: dict = {"exporter": "dynamo", "torch": torch.__version__}
+    with torch.no_grad():
+        try:
+            batch = torch.export.Dim("batch", min=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    wrapper, (example,), dynamo=True, input_names=[input_name], output_names=output_names,
+                    dynamic_shapes={input_name: {0: batch}}, optimize=True, verbose=False,
+                )  # fmt: skip
+            model = program.model_proto
+        except Exception as exc:  # noqa: BLE001 - any failure of the dynamo path triggers the fallback
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            warnings.warn(f"dynamo ONNX export failed ({reason}); falling back to the TorchScript exporter")
+            info = {"exporter": "torchscript", "fallback_reason": reason[:500], "torch": torch.__version__}
+            model = _legacy_export(wrapper, example, input_name, output_names)
+    info["opset"] = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
+    return model, info
+
+
+def _legacy_export(wrapper, example, input_name: str, output_names: list[str]) -> onnx.ModelProto:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    axes = {name: {0: "batch"} for name in [input_name, *output_names]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (example,), buf, dynamo=False, input_names=[input_name], output_names=output_names,
+            dynamic_axes=axes, opset_version=17, do_constant_folding=True,
+        )  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Number of nodes of each operator type in the main graph."""
+    return dict(collections.Counter(n.op_type for n in model.graph.node))
+
+
+def _rank_of(model: onnx.ModelProto, name: str) -> int | None:
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """Fold every inference-mode ``BatchNormalization`` into constants.
+
+    A BatchNorm in eval mode is the per-channel affine map ``y = a·x + b`` with
+    ``a = γ / sqrt(σ² + ε)`` and ``b = β − μ·a``. When its input comes from a ``Conv`` that
+    feeds nothing else, ``a`` and ``b`` are folded into that convolution's weights and bias.
+    Otherwise (EZnet's BatchNorm → tanh → conv blocks act on concatenated, resized feature
+    maps, which no single convolution produces) the node becomes ``Mul(x, a)`` → ``Add(·, b)``
+    with precomputed constants. Returns a new model and ``{"into_conv": k, "to_affine": m}``.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses = collections.Counter(i for n in g.node for i in n.input)
+    uses.update(o.name for o in g.output)
+    folded = {"into_conv": 0, "to_affine": 0}
+    new_nodes, drop = [], set()
+    replaced: dict[str, list] = {}
+    for node in g.node:
+        if node.op_type != "BatchNormalization":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("training_mode", 0) or len([o for o in node.output if o]) != 1:
+            continue
+        x, scale, bias, mean, var = node.input[:5]
+        if not all(k in inits for k in (scale, bias, mean, var)):
+            continue
+        eps = float(attrs.get("epsilon", 1e-5))
+        s, b, m, v = (numpy_helper.to_array(inits[k]).astype(np.float64) for k in (scale, bias, mean, var))
+        a = s / np.sqrt(v + eps)
+        shift = b - m * a
+        conv = producer.get(x)
+        if (
+            conv is not None and conv.op_type == "Conv" and uses[x] == 1 and conv.input[1] in inits
+            and (len(conv.input) < 3 or not conv.input[2] or conv.input[2] in inits)
+            and uses[conv.input[1]] == 1 and (len(conv.input) < 3 or not conv.input[2] or uses[conv.input[2]] == 1)
+        ):  # fmt: skip
+            w = numpy_helper.to_array(inits[conv.input[1]])
+            dtype = w.dtype
+            w = (w.astype(np.float64) * a.reshape(-1, *([1] * (w.ndim - 1)))).astype(dtype)
+            inits[conv.input[1]].CopyFrom(numpy_helper.from_array(w, conv.input[1]))
+            if len(conv.input) >= 3 and conv.input[2]:
+                cb = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                inits[conv.input[2]].CopyFrom(numpy_helper.from_array((cb * a + shift).astype(dtype), conv.input[2]))
+            else:
+                bname = f"{conv.name or conv.output[0]}_folded_bias"
+                g.initializer.append(numpy_helper.from_array(shift.astype(dtype), bname))
+                while len(conv.input) < 3:
+                    conv.input.append("")
+                conv.input[2] = bname
+            conv.output[0] = node.output[0]
+            drop.add(id(node))
+            folded["into_conv"] += 1
+        else:
+            rank = _rank_of(model, x) or 4
+            dtype = numpy_helper.to_array(inits[scale]).dtype
+            shape = (-1, *([1] * max(rank - 2, 0)))
+            base = node.name or node.output[0]
+            an, bn, mid = f"{base}_scale", f"{base}_shift", f"{base}_scaled"
+            g.initializer.extend([
+                numpy_helper.from_array(a.reshape(shape).astype(dtype), an),
+                numpy_helper.from_array(shift.reshape(shape).astype(dtype), bn),
+            ])  # fmt: skip
+            replaced[id(node)] = [
+                helper.make_node("Mul", [x, an], [mid], name=f"{base}_mul"),
+                helper.make_node("Add", [mid, bn], [node.output[0]], name=f"{base}_add"),
+            ]
+            folded["to_affine"] += 1
+    for node in g.node:
+        if id(node) in drop:
+            continue
+        new_nodes.extend(replaced.get(id(node), [node]))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    _drop_unused_initializers(model)
+    return model, folded
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Order the main graph's nodes topologically (some converters append nodes out of order)."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending = list(g.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError("export: the ONNX graph has a cycle or an undefined input; cannot order it")
+        pending = rest
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    del out.graph.node[:]
+    out.graph.node.extend(ordered)
+    return out
+
+
+def optimize_offline(model: onnx.ModelProto, level: str = "basic") -> onnx.ModelProto:
+    """Apply onnxruntime's graph optimisations and return the saved, optimised graph.
+
+    ``level`` is ``"basic"`` (constant folding, redundant-node elimination, Conv+Mul/Add/BN
+    fusions) or ``"extended"`` (also fusions into onnxruntime's contrib operators, which only
+    onnxruntime runs). Both avoid the layout transformations of ``ORT_ENABLE_ALL``, which tie a
+    saved graph to the hardware that optimised it.
+    """
+    import onnxruntime as ort
+
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED}  # fmt: skip
+    if level not in levels:
+        raise ExportError(f"export: optimisation level must be one of {OPTIMIZATION_LEVELS}, got {level!r}")
+    with tempfile.TemporaryDirectory(prefix="deepmine-export-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = levels[level]
+        opts.optimized_model_filepath = os.fspath(out)
+        opts.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(os.fspath(out))
+    return optimized

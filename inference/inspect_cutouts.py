@@ -1,0 +1,264 @@
+"""Candidates and their cutouts for visual inspection (``deepmine inspect``, seed 2.5, 4.7).
+
+A scan catalogue row points at its cutout by ``(source, index)``: ``source`` names the cutout
+stack the scanner read (a ``.npy`` stack or a FITS cube, N×C×H×W or N×H×W, channels i, r, g)
+and ``index`` is the cutout's position in it. This module reads a catalogue, picks the top
+candidates (largest logit first), finds the stacks the rows point at and checks that every row
+fits them, and serves single cutouts from memory-mapped stacks.
+
+Where a stack is looked for (first match wins): the files given with ``--cutouts`` (matched by
+the path as written in the catalogue, by resolved path, then by file name; a single stack given
+for a catalogue of a single source is taken as that source whatever its name), else the path as
+written, relative to the catalogue's folder, the current folder, and the catalogue's folder by
+file name.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError, file_error
+
+#: Columns a catalogue must have to be inspected; the others are shown when present.
+REQUIRED_COLUMNS = ("id", "source", "index", "logit")
+#: Columns copied into the page and the grades table when present (NaN when absent).
+INFO_COLUMNS = ("ra", "dec", "x", "y", "logit", "probability", "ordinality", "ordinality_ref")
+#: Band labels of 3-band cutouts (seed 4.1: i, r, g → R, G, B).
+DEFAULT_BANDS = ("i", "r", "g")
+CUTOUT_SUFFIXES = (".npy", ".fits", ".fit", ".fz", ".fits.gz")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _as_str(column) -> np.ndarray:
+    data = np.asarray(column)
+    if data.dtype.kind == "S":
+        data = np.char.decode(data, "utf-8")
+    return np.char.strip(data.astype(str))
+
+
+def read_catalog(path: str | os.PathLike):
+    """Read a scan catalogue (FITS, ECSV, Parquet) and check it can be inspected.
+
+    Returns
+    -------
+    astropy.table.Table
+        With ``id`` (int64, unique), ``source`` (str), ``index`` (int64), ``logit`` (float64)
+        and every column of :data:`INFO_COLUMNS` (NaN where the catalogue lacks it).
+
+    Raises
+    ------
+    InputError
+        Missing/empty/corrupt file, missing columns, duplicate ids, non-finite logits.
+    """
+    from astropy.table import Table
+
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "catalogue not found")
+    if p.stat().st_size == 0:
+        raise file_error(p, "catalogue is empty")
+    try:
+        table = Table.read(p)
+    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
+        raise file_error(p, f"not a readable catalogue ({_first_line(exc)})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.colnames]
+    if missing:
+        raise file_error(
+            p, f"not a scan catalogue: missing column(s) {', '.join(missing)} "
+            f"(columns are: {', '.join(table.colnames) or 'none'})"
+        )
+    if len(table) == 0:
+        raise file_error(p, "catalogue has no rows")
+    out = Table(meta=dict(table.meta))
+    try:
+        out["id"] = np.asarray(table["id"]).astype(np.int64, casting="safe")
+        out["source"] = _as_str(table["source"])
+        out["index"] = np.asarray(table["index"]).astype(np.int64, casting="safe")
+    except TypeError:
+        raise file_error(p, "columns id and index must be integers") from None
+    for name in INFO_COLUMNS:
+        if name in table.colnames:
+            col = table[name]
+            data = col.filled(np.nan) if hasattr(col, "filled") else col
+            out[name] = np.asarray(data, dtype=np.float64)
+        else:
+            out[name] = np.full(len(table), np.nan)
+    out["flags"] = np.asarray(table["flags"], dtype=np.int64) if "flags" in table.colnames else 0
+    ids, counts = np.unique(out["id"], return_counts=True)
+    if (counts > 1).any():
+        raise file_error(p, f"column id is not unique (id {ids[counts > 1][0]} appears {counts.max()} times)")
+    if not np.isfinite(out["logit"]).all():
+        bad = int(out["id"][~np.isfinite(out["logit"])][0])
+        raise file_error(p, f"row id {bad} has a non-finite logit")
+    return out
+
+
+def top_count(n_rows: int, top: float | int) -> int:
+    """How many rows ``--top`` keeps: a count, or ``ceil(fraction · n_rows)`` (at least 1)."""
+    if isinstance(top, float) and top < 1:
+        return max(1, min(n_rows, math.ceil(top * n_rows - 1e-9)))
+    return max(1, min(n_rows, int(top)))
+
+
+def select_top(table, top: float | int):
+    """The ``top`` rows (count, or fraction of all rows), largest logit first (ties: smaller id)."""
+    k = top_count(len(table), top)
+    order = np.lexsort((np.asarray(table["id"]), -np.asarray(table["logit"])))
+    return table[order[:k]]
+
+
+def open_stack(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W).
+
+    Raises
+    ------
+    InputError
+        Missing, empty or corrupt file; an array that is not 3-D or 4-D; C not 1 or 3.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "cutout stack not found")
+    if p.stat().st_size == 0:
+        raise file_error(p, "cutout stack is empty")
+    name = p.name.lower()
+    if name.endswith(".npy"):
+        with open(p, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise file_error(p, "not a .npy cutout stack (no NumPy header)")
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise file_error(p, f"not a readable .npy cutout stack ({_first_line(exc)})") from None
+    elif name.endswith((".fits", ".fit", ".fz", ".fits.gz")):
+        from astropy.io import fits
+
+        try:
+            hdul = fits.open(p, memmap=True)
+            hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
+                        and h.data.ndim in (3, 4)), None)
+        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
+            raise file_error(p, f"not a readable FITS cutout cube ({_first_line(exc)})") from None
+        if hdu is None:
+            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
+        arr = hdu.data
+    else:
+        raise file_error(p, f"unknown cutout stack format (expected one of {', '.join(CUTOUT_SUFFIXES)})")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise file_error(p, f"expected an N×C×H×W (or N×H×W) cutout stack, got shape {arr.shape}")
+    if arr.shape[1] not in (1, 3):
+        raise file_error(p, f"expected 3 bands (i, r, g) or 1 band per cutout, got {arr.shape[1]} (shape {arr.shape})")
+    if arr.dtype.kind not in "uif":
+        raise file_error(p, f"cutouts must be numbers, got dtype {arr.dtype}")
+    return arr
+
+
+class CutoutStore:
+    """The cutout stacks a set of catalogue rows points at, memory-mapped.
+
+    Parameters
+    ----------
+    sources : dict
+        Source name as written in the catalogue → path of its stack.
+    """
+
+    def __init__(self, sources: dict[str, Path]):
+        self.paths = {s: Path(p) for s, p in sources.items()}
+        self.stacks = {s: open_stack(p) for s, p in self.paths.items()}
+        shapes = {a.shape[1:] for a in self.stacks.values()}
+        if len(shapes) > 1:
+            listing = ", ".join(f"{p.name} {self.stacks[s].shape[1:]}" for s, p in self.paths.items())
+            raise InputError(f"cutout stacks differ in C×H×W shape: {listing}")
+
+    @classmethod
+    def for_rows(cls, rows, cutouts: Sequence[os.PathLike] | None = None,
+                 search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue") -> "CutoutStore":
+        """Find and open the stacks that ``rows`` point at, and check every row fits its stack."""
+        sources = sorted(set(_as_str(rows["source"]).tolist()))
+        mapping = resolve_sources(sources, cutouts, search_dirs, what)
+        store = cls(mapping)
+        store.check_rows(rows, what)
+        return store
+
+    @property
+    def n_bands(self) -> int:
+        return next(iter(self.stacks.values())).shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.result_type(*[a.dtype for a in self.stacks.values()])
+
+    def check_rows(self, rows, what: str = "catalogue") -> None:
+        """Raise a one-line InputError unless every row's ``index`` lies in its stack."""
+        src = _as_str(rows["source"])
+        idx = np.asarray(rows["index"], dtype=np.int64)
+        ids = np.asarray(rows["id"], dtype=np.int64)
+        for name, arr in self.stacks.items():
+            sel = src == name
+            if not sel.any():
+                continue
+            bad = sel & ((idx < 0) | (idx >= arr.shape[0]))
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                raise InputError(
+                    f"{what}: row id {ids[k]} points at cutout {idx[k]} of {self.paths[name]}, which holds "
+                    f"{arr.shape[0]} cutouts; the {what} does not match these cutouts (wrong --cutouts?)"
+                )
+
+    def get(self, source: str, index: int) -> np.ndarray:
+        """One cutout, C×H×W, as stored (a copy, read from the memory map)."""
+        return np.array(self.stacks[source][int(index)])
+
+    def gather(self, sources: Sequence[str], indices: Sequence[int]) -> np.ndarray:
+        """Cutouts of several rows, stacked N×C×H×W in the given order, dtype of the stacks."""
+        first = next(iter(self.stacks.values()))
+        out = np.empty((len(indices),) + first.shape[1:], dtype=self.dtype)
+        for k, (s, i) in enumerate(zip(sources, indices)):
+            out[k] = self.stacks[s][int(i)]
+        return out
+
+
+def resolve_sources(sources: Sequence[str], cutouts: Sequence[os.PathLike] | None,
+                    search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue") -> dict[str, Path]:
+    """Map each source name to an existing stack file (see the module docstring for the rules)."""
+    mapping: dict[str, Path] = {}
+    if cutouts:
+        given = [Path(c) for c in cutouts]
+        for g in given:
+            if not g.is_file():
+                raise file_error(g, "cutout stack not found (--cutouts)")
+        if len(sources) == 1 and len(given) == 1:
+            return {sources[0]: given[0]}
+        for s in sources:
+            hit = [g for g in given if str(g) == s]
+            hit = hit or [g for g in given if g.resolve() == Path(s).resolve()]
+            hit = hit or [g for g in given if g.name == Path(s).name]
+            if len(hit) != 1:
+                names = ", ".join(str(g) for g in given)
+                problem = "matches none of" if not hit else "matches several of"
+                raise InputError(f"{what}: cutout source {s!r} {problem} --cutouts {names}")
+            mapping[s] = hit[0]
+        return mapping
+    dirs = [Path(d) for d in search_dirs]
+    for s in sources:
+        p = Path(s)
+        tries = [p] if p.is_absolute() else [d / p for d in dirs] + [p]
+        tries += [d / p.name for d in dirs]
+        hit = next((t for t in tries if t.is_file()), None)
+        if hit is None:
+            where = " or ".join(str(d) for d in dirs) or "the current folder"
+            raise InputError(
+                f"{what}: cutout source {s!r} not found (looked in {where} and the current folder); "
+                "pass the stacks with --cutouts"
+            )
+        mapping[s] = hit
+    return mapping

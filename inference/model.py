@@ -1,0 +1,280 @@
+"""An exported classifier, ready to score cutouts with onnxruntime (never torch).
+
+Contract (used by the scanner, the Dask backend, the selection function and ``inspect``)::
+
+    model = load_model(path, device="auto", threads=None)   # or path=None: the bundled model
+    model.metadata      # ModelMetadata: bands, input_shape (C×H×W), preprocessing, ...
+    model.provider      # provider actually in use, from session.get_providers()
+    model.path, model.sha256
+    logit, probability = model.predict(images)   # images N×C×H×W uint8 or float; float32 (N,)
+
+    get_model(path, device, threads)   # per-process cache: one session per (model, device, threads)
+
+``predict`` runs :func:`~deepmine.inference.preprocess.prepare_batch` (the one preprocessing
+implementation) and feeds onnxruntime fixed-size batches (``batch_size``, default 256), the
+last one padded with zeros, so the graph always sees the same shape (static shapes let the
+CUDA EP keep its cuDNN algorithm choice; on CPU it costs at most one partial batch).
+
+Providers: ``device="cpu"`` → CPUExecutionProvider; ``"cuda"`` → CUDAExecutionProvider, an
+:class:`~deepmine.inference.errors.InputError` when onnxruntime-gpu is not installed or the
+provider fails to load (onnxruntime itself falls back to CPU silently, so the providers of the
+created session are checked); ``"auto"`` → CUDA when it loads, otherwise CPU with a warning
+(only when a CUDA provider was offered and failed). ``threads`` sets ``intra_op_num_threads``
+(default: onnxruntime's choice, one per core); graph optimisation is ``ORT_ENABLE_ALL``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, file_error
+from .metadata import ModelMetadata, file_sha256, read_metadata
+from .preprocess import prepare_batch
+
+__all__ = ["Model", "load_model", "get_model", "resolve_model_path", "BUNDLED_MODEL_DIR", "DEVICES"]
+
+DEVICES = ("auto", "cpu", "cuda")
+#: Where the demo's bundled default model lives (``inference/models/*.onnx``).
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_BATCH = 256
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> Path:
+    """``path`` as a Path, or the bundled default model when ``path`` is None.
+
+    The bundled model is ``inference/models/default.onnx`` if present, else the only ``.onnx``
+    file in that folder. Without one, the error says to pass ``--model``.
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise file_error(p, "model file not found")
+        if p.is_dir():
+            raise file_error(p, "expected an .onnx model file, got a directory")
+        return p
+    default = BUNDLED_MODEL_DIR / "default.onnx"
+    if default.is_file():
+        return default
+    found = sorted(BUNDLED_MODEL_DIR.glob("*.onnx")) if BUNDLED_MODEL_DIR.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    raise InputError("--model: no model given and no bundled model installed; pass --model MODEL.onnx "
+                     "(an exported classifier, see `deepmine export`)")
+
+
+class Model:
+    """An onnxruntime session of a deepmine classifier plus its metadata.
+
+    Build it with :func:`load_model` (or :func:`get_model`). Attributes: ``metadata``,
+    ``provider`` (the provider actually used), ``providers`` (all of the session's), ``path``,
+    ``sha256`` (``sha256:<hex>`` of the file), ``session``, ``input_name``, ``threads``,
+    ``device`` (as requested).
+    """
+
+    def __init__(self, path: Path, session, metadata: ModelMetadata, props: dict, device: str,
+                 threads: int | None):
+        self.path = Path(path)
+        self.session = session
+        self.metadata = metadata
+        self.props = props
+        self.device = device
+        self.threads = threads
+        self.providers = list(session.get_providers())
+        self.provider = self.providers[0]
+        self.sha256 = file_sha256(self.path)
+        inputs = session.get_inputs()
+        if len(inputs) != 1:
+            raise file_error(self.path, f"expected one graph input 'image', found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        batch_dim = inputs[0].shape[0] if inputs[0].shape else None
+        #: a batch size fixed in the graph itself (None when the batch axis is dynamic)
+        self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        outs = [o.name for o in session.get_outputs()]
+        if "logit" not in outs and "probability" not in outs:
+            raise file_error(self.path, f"classifier has neither a 'logit' nor a 'probability' output (has {outs})")
+        self.output_names = [n for n in ("logit", "probability") if n in outs]
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """C×H×W the model expects."""
+        c, h, w = (int(v) for v in self.metadata.input_shape)
+        return c, h, w
+
+    def batch_size(self, requested: int | None = None) -> int:
+        """The batch size actually used: the graph's fixed batch if it has one, else ``requested``."""
+        if self.fixed_batch is not None:
+            return self.fixed_batch
+        b = DEFAULT_BATCH if requested is None else int(requested)
+        if b < 1:
+            raise InputError(f"--batch-size: must be at least 1, got {b}")
+        return b
+
+    def prepare(self, images) -> np.ndarray:
+        """Preprocess stored cutouts (N×C×H×W) into float32 model input (NaN/inf → 0)."""
+        x = prepare_batch(images, self.metadata.preprocessing)
+        if self.metadata.preprocessing.get("kind") == "none" and not np.all(np.isfinite(x)):
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return x
+
+    def run_prepared(self, x: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Score preprocessed float32 input in fixed-size batches (last one zero-padded)."""
+        b = self.batch_size(batch_size)
+        n = x.shape[0]
+        logit = np.empty(n, dtype=np.float32)
+        prob = np.empty(n, dtype=np.float32)
+        for start in range(0, n, b):
+            chunk = x[start:start + b]
+            k = chunk.shape[0]
+            if k < b:
+                padded = np.zeros((b,) + x.shape[1:], dtype=np.float32)
+                padded[:k] = chunk
+                chunk = padded
+            lo, pr = self._run(np.ascontiguousarray(chunk, dtype=np.float32))
+            logit[start:start + k] = lo[:k]
+            prob[start:start + k] = pr[:k]
+        return logit, prob
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: batch})
+        got = dict(zip(self.output_names, outs))
+        if "logit" in got:
+            lo = np.asarray(got["logit"], dtype=np.float32).reshape(batch.shape[0], -1)[:, -1]
+            pr = (np.asarray(got["probability"], dtype=np.float32).reshape(batch.shape[0], -1)[:, -1]
+                  if "probability" in got else _sigmoid(lo))
+        else:  # probability only (an older export): log-odds, saturating where p is 0 or 1
+            pr = np.asarray(got["probability"], dtype=np.float32).reshape(batch.shape[0], -1)[:, -1]
+            with np.errstate(divide="ignore"):
+                lo = (np.log(pr) - np.log1p(-pr)).astype(np.float32)
+        return lo, pr
+
+    def predict(self, images, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(logit, probability)``, float32 (N,) each, for stored cutouts N×C×H×W.
+
+        ``images`` are uint8 (already percentile-normalised, the HSC convention) or float
+        fluxes; they are checked against the model's C×H×W and preprocessed as its metadata
+        says. Work is done in chunks of ``batch_size`` so memory stays bounded.
+        """
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        check_cutout_shape(x.shape, self.metadata, "images")
+        b = self.batch_size(batch_size)
+        n = x.shape[0]
+        logit = np.empty(n, dtype=np.float32)
+        prob = np.empty(n, dtype=np.float32)
+        for start in range(0, n, b):
+            lo, pr = self.run_prepared(self.prepare(x[start:start + b]), b)
+            logit[start:start + b] = lo
+            prob[start:start + b] = pr
+        return logit, prob
+
+    def describe(self) -> dict:
+        """Provenance of this model and session (JSON-compatible)."""
+        return {"model": str(self.path), "model_sha256": self.sha256, "provider": self.provider,
+                "providers": self.providers, "threads": self.threads, "device": self.device,
+                "architecture": self.metadata.architecture, "input_shape": list(self.input_shape),
+                "bands": list(self.metadata.bands)}
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, {self.metadata.architecture}, provider={self.provider})"
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def check_cutout_shape(shape: tuple, metadata: ModelMetadata, name: str) -> None:
+    """Refuse cutouts whose C×H×W differs from the model's, saying what the model expects."""
+    c, h, w = (int(v) for v in metadata.input_shape)
+    got = tuple(int(v) for v in shape[1:])
+    if got != (c, h, w):
+        raise InputError(
+            f"{name}: cutouts are {'×'.join(map(str, got))} but the model expects {c}×{h}×{w} "
+            f"(bands {', '.join(metadata.bands)}, {h}×{w} pixels at {metadata.pixel_scale}\"/px)"
+        )
+
+
+def _providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise InputError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        if device == "cuda":
+            raise InputError("--device cuda: onnxruntime has no CUDA provider here "
+                             f"(available: {', '.join(available)}); install deepmine[gpu] (onnxruntime-gpu) "
+                             "or use --device cpu")
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def load_model(path: str | os.PathLike | None = None, *, device: str = "auto", threads: int | None = None) -> Model:
+    """Open an exported deepmine classifier with onnxruntime.
+
+    Parameters
+    ----------
+    path : .onnx file, or None for the bundled default model
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"`` (see the module docstring)
+    threads : onnxruntime intra-op threads (None: onnxruntime's default, one per core)
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, not a deepmine classifier, CUDA requested but unavailable.
+    """
+    import onnxruntime as ort
+
+    p = resolve_model_path(path)
+    meta, props = read_metadata(p)
+    if meta.task != "classifier":
+        raise file_error(p, f"is a {meta.task} model; scanning needs a classifier")
+    if threads is not None and int(threads) < 1:
+        raise InputError(f"--threads: must be at least 1, got {threads}")
+    providers = _providers_for(device)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.inter_op_num_threads = 1
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        sess = ort.InferenceSession(str(p), opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises private exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise file_error(p, f"onnxruntime cannot load the model ({first})") from None
+    used = sess.get_providers()
+    if providers[0] == "CUDAExecutionProvider" and used[0] != "CUDAExecutionProvider":
+        if device == "cuda":
+            raise InputError("--device cuda: the CUDA provider failed to load (check the CUDA/cuDNN "
+                             "libraries onnxruntime-gpu needs); use --device cpu")
+        warnings.warn("CUDA provider failed to load; scanning on CPU", RuntimeWarning, stacklevel=2)
+    return Model(p, sess, meta, props, device, threads)
+
+
+_CACHE: dict[tuple, Model] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_model(path: str | os.PathLike | None = None, device: str = "auto", threads: int | None = None) -> Model:
+    """:func:`load_model` with a per-process cache, so a worker keeps one session per model.
+
+    The key is (resolved path, file size and mtime, device, threads): a rewritten model file is
+    reloaded.
+    """
+    p = resolve_model_path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns, device, threads)
+    with _CACHE_LOCK:
+        model = _CACHE.get(key)
+        if model is None:
+            model = load_model(p, device=device, threads=threads)
+            _CACHE[key] = model
+        return model

@@ -1,0 +1,727 @@
+"""Selection function: how likely a trained model is to find a lens, over a grid of lens parameters.
+
+Seed section 3.1.1 and Figure 3.3; SPEC.md section 6. For every cell of a
+:class:`~deepmine.lenscrafter.selection_grid.SelectionGrid`, LensCrafter crafts ``per_cell``
+lenses (axis values inside the cell, the other parameters at the Figure 4.2 reference lens or
+drawn from the priors), the model scores them, and each lens's ordinality is taken against a
+reference pool of negatives scored by the same model. A lens is *detected* when its ordinality
+exceeds the inspection cut (0.995 by default: the top 0.5 % that the seed inspects by eye).
+
+Work is cut into *parts*: runs of consecutive cells holding about ``part_lenses`` lenses.
+:func:`run_cells` computes one part — a plain function of (model path, grid, cells, pool) →
+table, the same for a local loop and for a distributed backend — and :func:`selection_function`
+runs every part, writes each as a part file (atomic; its presence marks it done, so ``resume``
+skips it), merges them and writes the result (FITS and ECSV, atomic). Memory is bounded by one
+craft chunk (about 256 lenses) regardless of the grid's size.
+
+Determinism: the lenses of a craft chunk (a fixed run of whole cells inside a part) depend only
+on ``seed``, the grid, ``per_cell`` and the chunk's first cell — not on the scan batch size,
+the thread count or how parts are distributed.
+
+Uncertainties: Wilson score intervals (``astropy.stats.binom_conf_interval``) at 68.27 %
+confidence by default (``level``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from deepmine.inference.errors import InputError, file_error
+
+from .selection_grid import SelectionGrid
+
+__all__ = [
+    "SelectionFunction",
+    "run_cells",
+    "plan_parts",
+    "selection_function",
+    "build_reference_pool",
+    "score_negatives_file",
+    "wilson_interval",
+    "lens_params_for_cells",
+    "DEFAULT_CUT",
+    "DEFAULT_LEVEL",
+]
+
+DEFAULT_CUT = 0.995
+DEFAULT_LEVEL = 0.6827
+#: Lenses crafted (and scanned) at once; bounds memory and fixes the random streams.
+CRAFT_LENSES = 256
+#: Target lenses per part file (the unit of resume and of distributed work).
+DEFAULT_PART_LENSES = 4096
+#: Negatives crafted for a reference pool when none is given (its top 0.5 % = 100 objects).
+DEFAULT_POOL_SIZE = 20000
+MARKER = "deepmine-selection-function-1"
+PART_MARKER = "deepmine-selection-part-1"
+
+
+# --------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------
+def wilson_interval(k, n, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial fraction ``k / n`` (arrays; n = 0 → [0, 1]).
+
+    Parameters
+    ----------
+    k, n : int arrays of the same shape; detections and trials
+    level : confidence level (0.6827 ≈ 1σ)
+
+    Returns
+    -------
+    lo, hi : float64 arrays
+    """
+    from astropy.stats import binom_conf_interval
+
+    k = np.asarray(k, dtype=np.int64)
+    n = np.asarray(n, dtype=np.int64)
+    lo = np.zeros(np.shape(n), dtype=np.float64)
+    hi = np.ones(np.shape(n), dtype=np.float64)
+    ok = n > 0
+    if np.any(ok):
+        iv = binom_conf_interval(k[ok], n[ok], confidence_level=level, interval="wilson")
+        lo[ok], hi[ok] = iv[0], iv[1]
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------
+# the lenses of a set of cells
+# --------------------------------------------------------------------------------------
+def _chunk_seed(seed: int, first_cell: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E1EC7, int(first_cell)])
+
+
+def lens_params_for_cells(grid: SelectionGrid, cells, per_cell: int, seed: int):
+    """LensCrafter parameter table of ``per_cell`` lenses in each cell of ``cells`` (cell-major).
+
+    Returns
+    -------
+    params : astropy Table (one row per lens), with a ``cell`` column added
+    craft_seed : int — the seed to craft these lenses with
+    """
+    from deepmine.lenscrafter import reference_lens_params, sample_lens_params
+
+    cells = np.asarray(cells, dtype=np.int64)
+    n = int(cells.size) * int(per_cell)
+    ss = _chunk_seed(seed, int(cells[0]) if cells.size else 0)
+    draw_ss, prior_ss, craft_ss = ss.spawn(3)
+    rng = np.random.default_rng(draw_ss)
+    if grid.others == "prior":
+        params = sample_lens_params(n, seed=int(prior_ss.generate_state(1)[0]))
+    else:
+        params = reference_lens_params(n)
+    for column, value in grid.fixed.items():
+        params[column] = np.full(n, float(value))
+    for column, values in grid.axis_values(cells, per_cell, rng).items():
+        params[column] = values
+    params["cell"] = np.repeat(cells, per_cell)
+    return params, int(craft_ss.generate_state(1)[0])
+
+
+def _craft_for_model(params, craft_seed: int, model):
+    """Craft ``params`` the way ``model`` needs its input: size, pixel scale, bands, dtype."""
+    from deepmine.lenscrafter import craft_lenses
+
+    meta = model.metadata
+    c, h, w = model.input_shape
+    if h != w:
+        raise InputError(f"selection function: model input {h}×{w} is not square; LensCrafter crafts square cutouts")
+    kind = meta.preprocessing.get("kind")
+    output = "uint8" if kind == "percentile" else "float32"
+    cols = [k for k in params.colnames if k != "cell"]
+    images = craft_lenses(params[cols], seed=craft_seed, size=int(h), pixel_scale=float(meta.pixel_scale), output=output)
+    return _select_bands(images, meta.bands)
+
+
+CRAFT_BANDS = ("i", "r", "g")
+
+
+def _select_bands(images: np.ndarray, bands) -> np.ndarray:
+    bands = list(bands)
+    if bands == list(CRAFT_BANDS):
+        return images
+    missing = [b for b in bands if b not in CRAFT_BANDS]
+    if missing:
+        raise InputError(
+            f"selection function: the model expects bands {bands}; LensCrafter crafts {list(CRAFT_BANDS)}"
+        )
+    return np.ascontiguousarray(images[:, [CRAFT_BANDS.index(b) for b in bands]])
+
+
+# --------------------------------------------------------------------------------------
+# one part: a plain function, the same locally and on a distributed backend
+# --------------------------------------------------------------------------------------
+_POOLS: dict = {}
+
+
+def _get_pool(pool):
+    """A :class:`ReferencePool` from a pool, a path (cached per process) or sorted scores."""
+    from deepmine.inference.pool import ReferencePool
+
+    if isinstance(pool, ReferencePool):
+        return pool
+    if isinstance(pool, (str, os.PathLike)):
+        p = Path(pool).resolve()
+        st = p.stat() if p.exists() else None
+        key = (str(p), st.st_size if st else None, st.st_mtime_ns if st else None)
+        if key not in _POOLS:
+            _POOLS[key] = ReferencePool.load(p)
+        return _POOLS[key]
+    return ReferencePool(np.asarray(pool))
+
+
+def chunks_of(cells: np.ndarray, per_cell: int) -> list:
+    """Split a part's cells into craft chunks of about :data:`CRAFT_LENSES` lenses (whole cells)."""
+    step = max(1, CRAFT_LENSES // int(per_cell))
+    return [cells[i:i + step] for i in range(0, cells.size, step)]
+
+
+def run_cells(
+    model_path,
+    grid: SelectionGrid,
+    cells,
+    *,
+    pool,
+    per_cell: int | None = None,
+    seed: int = 0,
+    cut: float = DEFAULT_CUT,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    part_path=None,
+    progress: Callable[[int], None] | None = None,
+):
+    """Craft, scan and count the lenses of ``cells``: one part of a selection function.
+
+    Parameters
+    ----------
+    model_path : path of the exported classifier (a per-process cached session is used)
+    grid : SelectionGrid
+    cells : 1-D int array of flat cell indices (consecutive in practice; see :func:`plan_parts`)
+    pool : ReferencePool, path of a stored pool, or sorted negative logits
+    per_cell : lenses per cell (default ``grid.per_cell``)
+    seed : master seed; lenses depend only on (seed, grid, per_cell, craft chunk)
+    cut : inspection cut on ordinality; detected = ordinality > cut
+    device, threads, batch_size : passed to :func:`deepmine.inference.model.get_model` / ``predict``
+    part_path : if given, the part is also written there (FITS, atomically)
+    progress : called with the number of cells finished after each craft chunk
+
+    Returns
+    -------
+    astropy Table, one row per cell: ``cell``, ``n``, ``n_detected``, ``sum_ordinality``,
+    ``median_logit``, ``craft_s``, ``scan_s`` (seconds; a chunk's time shared equally by its lenses).
+    """
+    from astropy.table import Table
+
+    from deepmine.inference.model import get_model
+
+    per_cell = int(grid.per_cell if per_cell is None else per_cell)
+    if per_cell < 1:
+        raise InputError(f"--per-cell: must be at least 1, got {per_cell}")
+    if not 0.0 <= cut < 1.0:
+        raise InputError(f"--cut: must lie in [0, 1), got {cut}")
+    cells = np.asarray(cells, dtype=np.int64).ravel()
+    grid.unravel(cells)  # range check
+    model = get_model(model_path, device=device, threads=threads)
+    ref = _get_pool(pool)
+    m = cells.size
+    n_det = np.zeros(m, dtype=np.int64)
+    sum_ord = np.zeros(m, dtype=np.float64)
+    med_logit = np.zeros(m, dtype=np.float32)
+    craft_s = np.zeros(m, dtype=np.float64)
+    scan_s = np.zeros(m, dtype=np.float64)
+    start = 0
+    for chunk in chunks_of(cells, per_cell):
+        k = chunk.size
+        t0 = time.perf_counter()
+        params, craft_seed = lens_params_for_cells(grid, chunk, per_cell, seed)
+        images = _craft_for_model(params, craft_seed, model)
+        t1 = time.perf_counter()
+        logit, _ = model.predict(images, batch_size=batch_size)
+        order = ref.ordinality(logit).reshape(k, per_cell)
+        t2 = time.perf_counter()
+        sl = slice(start, start + k)
+        n_det[sl] = (order > cut).sum(axis=1)
+        sum_ord[sl] = order.sum(axis=1)
+        med_logit[sl] = np.median(logit.reshape(k, per_cell), axis=1)
+        craft_s[sl] = (t1 - t0) / k
+        scan_s[sl] = (t2 - t1) / k
+        start += k
+        del images
+        if progress is not None:
+            progress(k)
+    part = Table(
+        {
+            "cell": cells,
+            "n": np.full(m, per_cell, dtype=np.int64),
+            "n_detected": n_det,
+            "sum_ordinality": sum_ord,
+            "median_logit": med_logit,
+            "craft_s": craft_s,
+            "scan_s": scan_s,
+        }
+    )
+    part.meta["DMSELPRT"] = PART_MARKER
+    part.meta["MODELHSH"] = model.sha256
+    part.meta["PROVIDER"] = model.provider
+    if part_path is not None:
+        from deepmine.inference.atomic import atomic_path
+
+        with atomic_path(part_path, suffix=".fits") as tmp:
+            part.write(tmp, format="fits", overwrite=True)
+    return part
+
+
+def plan_parts(grid: SelectionGrid, per_cell: int, part_lenses: int = DEFAULT_PART_LENSES) -> list:
+    """Split the grid's cells into parts of about ``part_lenses`` lenses (whole craft chunks).
+
+    Returns a list of 1-D int64 arrays of consecutive flat cell indices.
+    """
+    chunk_cells = max(1, CRAFT_LENSES // int(per_cell))
+    cells_per_part = max(1, int(part_lenses) // (chunk_cells * int(per_cell))) * chunk_cells
+    n = grid.n_cells
+    return [np.arange(s, min(s + cells_per_part, n), dtype=np.int64) for s in range(0, n, cells_per_part)]
+
+
+# --------------------------------------------------------------------------------------
+# reference pools
+# --------------------------------------------------------------------------------------
+def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, batch_size: int | None = None,
+                         progress: Callable[[int], None] | None = None):
+    """Score ``n`` LensCrafter non-lens scenes with ``model`` into a :class:`ReferencePool`.
+
+    The negatives are crafted in chunks of :data:`CRAFT_LENSES` with seeds derived from
+    ``seed``, at the model's size and pixel scale; only their logits are kept.
+    """
+    from deepmine.inference.pool import ReferencePool
+    from deepmine.lenscrafter import craft_negatives
+
+    if int(n) < 1:
+        raise InputError(f"--pool-size: must be at least 1, got {n}")
+    meta = model.metadata
+    c, h, w = model.input_shape
+    kind = meta.preprocessing.get("kind")
+    output = "uint8" if kind == "percentile" else "float32"
+    scores = np.empty(int(n), dtype=np.float32)
+    root = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x9E6A7])
+    for i, s in enumerate(range(0, int(n), CRAFT_LENSES)):
+        k = min(CRAFT_LENSES, int(n) - s)
+        chunk_seed = int(np.random.SeedSequence(root.entropy, spawn_key=(i,)).generate_state(1)[0])
+        images, _ = craft_negatives(k, seed=chunk_seed, size=int(h), pixel_scale=float(meta.pixel_scale), output=output)
+        scores[s:s + k] = model.predict(_select_bands(images, meta.bands), batch_size=batch_size)[0]
+        if progress is not None:
+            progress(k)
+    return ReferencePool.from_scores(
+        scores, model_hash=model.sha256, source="lenscrafter negatives", n_negatives=int(n), seed=int(seed),
+        created=_now(),
+    )
+
+
+def _open_cutouts(path: Path) -> np.ndarray:
+    """A memory-mapped N×C×H×W stack from .npy or a FITS cube (first HDU with data)."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise file_error(path, f"not a readable .npy array ({exc})") from None
+    elif suffix in (".fits", ".fit", ".fz"):
+        from astropy.io import fits
+
+        try:
+            hdul = fits.open(path, memmap=True)
+            hdu = next((h for h in hdul if h.data is not None and getattr(h, "is_image", True)), None)
+        except (OSError, ValueError) as exc:
+            raise file_error(path, f"not a readable FITS file ({exc})") from None
+        if hdu is None:
+            raise file_error(path, "no image data in the FITS file")
+        arr = hdu.data
+    else:
+        raise file_error(path, f"unknown cutout format {path.suffix!r}; use .npy or a FITS cube")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[0] == 0:
+        raise file_error(path, f"expected N×C×H×W (or N×H×W) cutouts, got shape {arr.shape}")
+    return arr
+
+
+def score_negatives_file(model, path, *, batch_size: int | None = None,
+                         progress: Callable[[int], None] | None = None):
+    """Score the cutouts of ``path`` (.npy or FITS cube of negatives) into a ReferencePool."""
+    from deepmine.inference.pool import ReferencePool
+
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "negatives file not found")
+    arr = _open_cutouts(p)
+    from deepmine.inference.model import check_cutout_shape
+
+    check_cutout_shape(arr.shape, model.metadata, str(p))
+    n = arr.shape[0]
+    scores = np.empty(n, dtype=np.float32)
+    for s in range(0, n, 4 * CRAFT_LENSES):
+        block = np.asarray(arr[s:s + 4 * CRAFT_LENSES])
+        if block.dtype.byteorder not in ("=", "|"):
+            block = block.astype(block.dtype.newbyteorder("="))
+        scores[s:s + block.shape[0]] = model.predict(block, batch_size=batch_size)[0]
+        if progress is not None:
+            progress(block.shape[0])
+    if not np.all(np.isfinite(scores)):
+        raise file_error(p, "the model gave NaN/inf scores for some negatives (blank or corrupt cutouts?)")
+    from deepmine.inference.metadata import file_sha256
+
+    return ReferencePool.from_scores(
+        scores, model_hash=model.sha256, source=str(p), source_sha256=file_sha256(p), n_negatives=int(n),
+        created=_now(),
+    )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------
+# the result
+# --------------------------------------------------------------------------------------
+@dataclass
+class SelectionFunction:
+    """A measured selection function: one table row per grid cell plus the grid and provenance.
+
+    Attributes
+    ----------
+    table : astropy Table
+        Per cell: ``cell``; per axis ``i_<axis>`` (bin), ``<axis>`` (centre), ``<axis>_lo``,
+        ``<axis>_hi`` (edges); ``n``, ``n_detected``, ``fraction``, ``fraction_lo``,
+        ``fraction_hi`` (Wilson, ``level``), ``mean_ordinality``, ``median_logit``, ``craft_s``,
+        ``scan_s`` (seconds spent on the cell).
+    grid : SelectionGrid
+    provenance : dict
+        Model hash and path, pool (size, source, hash), cut, seed, per_cell, level, part size,
+        deepmine version, dates, provider, timings.
+    """
+
+    table: object
+    grid: SelectionGrid
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def cut(self) -> float:
+        return float(self.provenance.get("cut", DEFAULT_CUT))
+
+    @property
+    def level(self) -> float:
+        return float(self.provenance.get("level", DEFAULT_LEVEL))
+
+    def cube(self, column: str = "fraction") -> np.ndarray:
+        """``column`` as an N-dimensional array of the grid's shape (axis order of the grid)."""
+        out = np.full(self.grid.n_cells, np.nan if self.table[column].dtype.kind == "f" else 0,
+                      dtype=self.table[column].dtype)
+        out[np.asarray(self.table["cell"])] = np.asarray(self.table[column])
+        return out.reshape(self.grid.shape)
+
+    def marginal(self, *names: str) -> dict:
+        """Counts summed over every axis but ``names`` (in that order), with fractions and Wilson bounds.
+
+        Returns a dict with ``n``, ``n_detected``, ``fraction``, ``fraction_lo``, ``fraction_hi``
+        (arrays shaped by the kept axes' bins) and ``axes`` (the kept GridAxis objects).
+        With ``sampling="uniform"`` this is the detection fraction averaged uniformly (in each
+        axis's scale) over the other axes' ranges.
+        """
+        idx = [self.grid.names.index(self.grid.axis(nm).name) for nm in names]
+        if len(set(idx)) != len(idx):
+            raise InputError(f"marginal: axes repeat in {names}")
+        others = tuple(i for i in range(len(self.grid.axes)) if i not in idx)
+        n = self.cube("n").sum(axis=others)
+        k = self.cube("n_detected").sum(axis=others)
+        # sum() keeps the remaining axes in grid order; bring them to the requested order
+        kept = sorted(idx)
+        perm = [kept.index(i) for i in idx]
+        n, k = np.transpose(n, perm), np.transpose(k, perm)
+        frac = np.divide(k, n, out=np.full(n.shape, np.nan), where=n > 0)
+        lo, hi = wilson_interval(k, n, self.level)
+        return {"n": n, "n_detected": k, "fraction": frac, "fraction_lo": lo, "fraction_hi": hi,
+                "axes": [self.grid.axes[i] for i in idx]}
+
+    def summary(self) -> dict:
+        t = self.table
+        n, k = int(np.sum(t["n"])), int(np.sum(t["n_detected"]))
+        return {
+            "cells": int(len(t)),
+            "lenses": n,
+            "detected": k,
+            "fraction": k / n if n else float("nan"),
+            "cut": self.cut,
+            "craft_s": float(np.sum(t["craft_s"])),
+            "scan_s": float(np.sum(t["scan_s"])),
+        }
+
+    # -- files ----------------------------------------------------------------------------
+    def _table_with_meta(self):
+        t = self.table.copy(copy_data=False)
+        t.meta.clear()
+        t.meta["DMSEL"] = MARKER
+        t.meta["CUT"] = self.cut
+        t.meta["LEVEL"] = self.level
+        t.meta["NCELLS"] = self.grid.n_cells
+        t.meta["MODELHSH"] = str(self.provenance.get("model_sha256", ""))
+        t.meta["GRIDJSON"] = self.grid.to_json()
+        t.meta["PROVJSON"] = json.dumps(self.provenance, sort_keys=True, default=str)
+        return t
+
+    def save(self, path) -> list:
+        """Write the table as FITS at ``path`` and ECSV beside it (both atomic); return the paths.
+
+        ``path`` may end in ``.fits`` or ``.ecsv``; the other format goes beside it.
+        """
+        from deepmine.inference.atomic import atomic_path
+
+        p = Path(path)
+        stem = p.with_suffix("") if p.suffix.lower() in (".fits", ".fit", ".ecsv") else p
+        fits_path, ecsv_path = stem.with_suffix(".fits"), stem.with_suffix(".ecsv")
+        t = self._table_with_meta()
+        with atomic_path(fits_path, suffix=".fits") as tmp:
+            t.write(tmp, format="fits", overwrite=True)
+        with atomic_path(ecsv_path, suffix=".ecsv") as tmp:
+            t.write(tmp, format="ascii.ecsv", overwrite=True)
+        return [fits_path, ecsv_path]
+
+    @classmethod
+    def load(cls, path) -> "SelectionFunction":
+        """Read a table written by :meth:`save` (FITS or ECSV)."""
+        from astropy.table import Table
+
+        p = Path(path)
+        if not p.is_file():
+            raise file_error(p, "selection function table not found")
+        fmt = "ascii.ecsv" if p.suffix.lower() == ".ecsv" else "fits"
+        try:
+            t = Table.read(p, format=fmt)
+        except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad files
+            raise file_error(p, f"cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if t.meta.get("DMSEL") != MARKER:
+            raise file_error(p, "not a deepmine selection function (no DMSEL marker)")
+        grid = SelectionGrid.from_dict(json.loads(t.meta["GRIDJSON"]))
+        prov = json.loads(t.meta.get("PROVJSON", "{}"))
+        return cls(t, grid, prov)
+
+
+def assemble(grid: SelectionGrid, parts: list, *, level: float = DEFAULT_LEVEL, provenance: dict | None = None) -> SelectionFunction:
+    """Merge part tables into a :class:`SelectionFunction` (one row per cell, sorted by cell)."""
+    from astropy.table import Table, vstack
+
+    if not parts:
+        raise InputError("selection function: no parts to merge")
+    raw = vstack([p if isinstance(p, Table) else Table(p) for p in parts], metadata_conflicts="silent")
+    raw.meta.clear()
+    raw.sort("cell")
+    cells = np.asarray(raw["cell"])
+    if np.any(np.diff(cells) == 0):
+        raise InputError("selection function: a cell appears in more than one part")
+    idx = grid.unravel(cells)
+    t = Table()
+    t["cell"] = cells
+    for k, a in enumerate(grid.axes):
+        e = a.edges
+        t[f"i_{a.name}"] = idx[:, k].astype(np.int16)
+        t[a.name] = a.centers[idx[:, k]]
+        t[f"{a.name}_lo"] = e[idx[:, k]]
+        t[f"{a.name}_hi"] = e[idx[:, k] + 1]
+    n = np.asarray(raw["n"], dtype=np.int64)
+    k_det = np.asarray(raw["n_detected"], dtype=np.int64)
+    t["n"] = n
+    t["n_detected"] = k_det
+    t["fraction"] = np.divide(k_det, n, out=np.full(n.shape, np.nan), where=n > 0)
+    t["fraction_lo"], t["fraction_hi"] = wilson_interval(k_det, n, level)
+    t["mean_ordinality"] = np.divide(np.asarray(raw["sum_ordinality"]), n, out=np.full(n.shape, np.nan), where=n > 0)
+    t["median_logit"] = np.asarray(raw["median_logit"], dtype=np.float32)
+    t["craft_s"] = np.asarray(raw["craft_s"])
+    t["scan_s"] = np.asarray(raw["scan_s"])
+    units = {"theta_e": "arcsec", "r_eff_fg": "arcsec", "m_fg": "mag", "m_arc": "mag"}
+    for a in grid.axes:
+        if a.name in units:
+            for c in (a.name, f"{a.name}_lo", f"{a.name}_hi"):
+                t[c].unit = units[a.name]
+    t["craft_s"].unit = t["scan_s"].unit = "s"
+    prov = dict(provenance or {})
+    prov.setdefault("level", level)
+    return SelectionFunction(t, grid, prov)
+
+
+# --------------------------------------------------------------------------------------
+# the whole run
+# --------------------------------------------------------------------------------------
+def _manifest(grid, per_cell, seed, cut, part_lenses, model_sha, pool_scores) -> dict:
+    import hashlib
+
+    return {
+        "marker": PART_MARKER,
+        "grid": grid.to_dict(),
+        "per_cell": int(per_cell),
+        "seed": int(seed),
+        "cut": float(cut),
+        "part_lenses": int(part_lenses),
+        "craft_lenses": CRAFT_LENSES,
+        "model_sha256": model_sha,
+        "pool_sha256": "sha256:" + hashlib.sha256(np.ascontiguousarray(pool_scores).tobytes()).hexdigest(),
+    }
+
+
+def _check_manifest(workdir: Path, manifest: dict, resume: bool) -> None:
+    from deepmine.inference.atomic import atomic_open
+
+    mpath = workdir / "manifest.json"
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if resume:
+            if old != manifest:
+                diff = sorted(k for k in manifest if old is None or old.get(k) != manifest[k])
+                raise file_error(
+                    workdir, f"parts were made with different settings ({', '.join(diff)}); rerun without "
+                    "--resume or use another --workdir"
+                )
+            return
+        for part in workdir.glob("part-*.fits"):
+            part.unlink()
+    with atomic_open(mpath, "w") as fh:
+        json.dump(manifest, fh, sort_keys=True, indent=1)
+
+
+def selection_function(
+    model_path,
+    grid: SelectionGrid,
+    *,
+    pool,
+    per_cell: int | None = None,
+    seed: int = 0,
+    cut: float = DEFAULT_CUT,
+    level: float = DEFAULT_LEVEL,
+    workdir=None,
+    resume: bool = False,
+    part_lenses: int = DEFAULT_PART_LENSES,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    out=None,
+    progress: Callable[[int], None] | None = None,
+    map_parts: Callable | None = None,
+) -> SelectionFunction:
+    """Measure the selection function of ``model_path`` over ``grid``.
+
+    Parameters
+    ----------
+    model_path : exported classifier (.onnx)
+    grid : SelectionGrid
+    pool : ReferencePool (or a stored pool's path): negatives scored by the same model
+    per_cell : lenses per cell (default ``grid.per_cell``)
+    seed, cut, level : master seed, inspection cut on ordinality, Wilson confidence level
+    workdir : folder for part files (default: ``<out>.parts`` beside ``out``, else none kept)
+    resume : keep part files already finished by an earlier run with the same settings
+    part_lenses : about this many lenses per part file
+    device, threads, batch_size : model session and scan batch
+    out : if given, write the table there (FITS + ECSV beside, atomically)
+    progress : called with the number of cells finished
+    map_parts : optional ``map_parts(fn, list_of_cells) -> iterable of tables`` to run the
+        parts elsewhere (a distributed backend); ``fn(cells)`` writes the part file itself.
+
+    Returns
+    -------
+    SelectionFunction
+    """
+    from deepmine.inference import __version__
+    from deepmine.inference.model import get_model
+
+    per_cell = int(grid.per_cell if per_cell is None else per_cell)
+    if per_cell < 1:
+        raise InputError(f"--per-cell: must be at least 1, got {per_cell}")
+    if not 0.0 <= cut < 1.0:
+        raise InputError(f"--cut: must lie in [0, 1), got {cut}")
+    if not 0.0 < level < 1.0:
+        raise InputError(f"confidence level must lie in (0, 1), got {level}")
+    t_start = time.perf_counter()
+    model = get_model(model_path, device=device, threads=threads)
+    ref = _get_pool(pool)
+    if ref.provenance.get("model_hash") not in (None, model.sha256):
+        raise InputError(
+            f"--reference: the pool was scored with another model ({ref.provenance.get('model_hash')}); "
+            f"score the negatives with {Path(model_path).name} (omit --reference, or give --negatives)"
+        )
+    if len(ref) * (1.0 - cut) < 1.0:
+        raise InputError(
+            f"--cut {cut}: the reference pool holds {len(ref)} negatives, fewer than one above the cut; "
+            "use a larger pool (--pool-size) or a lower cut"
+        )
+    if out is not None and workdir is None:
+        workdir = Path(out).with_suffix("").with_name(Path(out).stem + ".parts")
+    parts_plan = plan_parts(grid, per_cell, part_lenses)
+    workdir = Path(workdir) if workdir is not None else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        _check_manifest(workdir, _manifest(grid, per_cell, seed, cut, part_lenses, model.sha256, ref.scores), resume)
+
+    def part_file(cells):
+        return None if workdir is None else workdir / f"part-{int(cells[0]):09d}.fits"
+
+    from astropy.table import Table
+
+    results, todo = [], []
+    for cells in parts_plan:
+        pf = part_file(cells)
+        if resume and pf is not None and pf.exists():
+            try:
+                t = Table.read(pf, format="fits")
+                if t.meta.get("DMSELPRT") == PART_MARKER and np.array_equal(np.asarray(t["cell"]), cells):
+                    results.append(t)
+                    if progress is not None:
+                        progress(int(cells.size))
+                    continue
+            except Exception:  # noqa: BLE001 - an unreadable part is recomputed
+                pass
+        todo.append(cells)
+
+    kwargs = dict(pool=ref, per_cell=per_cell, seed=seed, cut=cut, device=device, threads=threads,
+                  batch_size=batch_size)
+    if map_parts is None:
+        for cells in todo:
+            results.append(run_cells(model_path, grid, cells, part_path=part_file(cells), progress=progress, **kwargs))
+    else:
+        def fn(cells):
+            return run_cells(model_path, grid, cells, part_path=part_file(cells), **kwargs)
+
+        for t in map_parts(fn, todo):
+            results.append(t)
+            if progress is not None:
+                progress(len(t))
+    prov = {
+        "model": str(model_path),
+        "model_sha256": model.sha256,
+        "architecture": model.metadata.architecture,
+        "provider": model.provider,
+        "threads": threads,
+        "pool": {k: v for k, v in ref.provenance.items()},
+        "pool_size": len(ref),
+        "cut": float(cut),
+        "level": float(level),
+        "seed": int(seed),
+        "per_cell": per_cell,
+        "part_lenses": int(part_lenses),
+        "craft_lenses": CRAFT_LENSES,
+        "parts": len(parts_plan),
+        "parts_resumed": len(parts_plan) - len(todo),
+        "wall_s": time.perf_counter() - t_start,
+        "created": _now(),
+        "deepmine_version": __version__,
+    }
+    sel = assemble(grid, results, level=level, provenance=prov)
+    if out is not None:
+        sel.save(out)
+    return sel

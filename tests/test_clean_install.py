@@ -1,0 +1,58 @@
+"""A plain ``pip install .`` (no extras) into a fresh virtual environment gives a working,
+torch-free ``deepmine`` command. Slow (builds a venv); runs in CI."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def clean_venv(tmp_path_factory):
+    venv = tmp_path_factory.mktemp("clean") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    # copy the tree so the build never writes into the checkout
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(ROOT)],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return venv
+
+
+def test_plain_install_has_no_torch_and_cli_works(clean_venv, tmp_path):
+    py = clean_venv / "bin" / "python"
+    exe = clean_venv / "bin" / "deepmine"
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "True", "torch must not be installed by a plain `pip install .`"
+    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("deepmine")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "n.npy", rng.normal(size=5000))
+    np.save(tmp_path / "t.npy", rng.normal(2, 1, size=100))
+    out = subprocess.run([str(exe), "rank", str(tmp_path / "n.npy"), "-t", str(tmp_path / "t.npy"),
+                          "--plot", str(tmp_path / "trc.png")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "ranking performance" in out.stdout and (tmp_path / "trc.png").exists()
+    # nothing generic lands in site-packages: only the deepmine name
+    site = next((clean_venv / "lib").glob("python*/site-packages"))
+    for generic in ("inference", "lenscrafter", "export", "training"):
+        assert not (site / generic).exists(), f"{generic} installed at top level"
+    assert (site / "deepmine" / "inference" / "ranking.py").exists()
+
+
+def test_training_command_says_to_install_extra(clean_venv):
+    exe = clean_venv / "bin" / "deepmine"
+    out = subprocess.run([str(exe), "train", "eznet", "cfg.toml", "--positives", "p.npy", "--negatives", "n.npy",
+                          "--out", "o"], capture_output=True, text=True)
+    if "No such command 'train'" in out.stderr:
+        pytest.skip("train command not built yet")
+    assert out.returncode != 0
+    assert "deepmine[train]" in out.stderr and "Traceback" not in out.stderr
