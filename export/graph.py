@@ -6,6 +6,8 @@ writes the final model file (that is :mod:`deepmine.export.exporter`'s job, atom
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import os
 import tempfile
 import warnings
@@ -26,6 +28,10 @@ class ExportError(DeepmineError):
     """The model could not be turned into a correct ONNX graph (exit status 1)."""
 
 
+class ExportWarning(UserWarning):
+    """Something the user should know about an exported model (fallback exporter, int8 RP)."""
+
+
 def torch_to_onnx(wrapper, example, input_name: str, output_names: list[str]) -> tuple[onnx.ModelProto, dict]:
     """Export ``wrapper`` (eval mode) with a dynamic batch axis; return the graph and how.
 
@@ -40,7 +46,7 @@ def torch_to_onnx(wrapper, example, input_name: str, output_names: list[str]) ->
         example = torch.cat([example, example], dim=0)
     wrapper = wrapper.eval()
     info: dict = {"exporter": "dynamo", "torch": torch.__version__}
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_torch_logs():
         try:
             batch = torch.export.Dim("batch", min=1)
             with warnings.catch_warnings():
@@ -52,11 +58,28 @@ def torch_to_onnx(wrapper, example, input_name: str, output_names: list[str]) ->
             model = program.model_proto
         except Exception as exc:  # noqa: BLE001 - any failure of the dynamo path triggers the fallback
             reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            warnings.warn(f"dynamo ONNX export failed ({reason}); falling back to the TorchScript exporter")
+            warnings.warn(
+                f"dynamo ONNX export failed ({reason}); falling back to the TorchScript exporter",
+                ExportWarning, stacklevel=2,
+            )  # fmt: skip
             info = {"exporter": "torchscript", "fallback_reason": reason[:500], "torch": torch.__version__}
             model = _legacy_export(wrapper, example, input_name, output_names)
     info["opset"] = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
     return model, info
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """Silence the exporter's notes that do not concern deepmine (e.g. torchvision not installed)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter._registration", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def _legacy_export(wrapper, example, input_name: str, output_names: list[str]) -> onnx.ModelProto:

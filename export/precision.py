@@ -5,8 +5,9 @@ int8
     DequantizeLinear pairs around each quantised operator — standard ONNX, which onnxruntime
     turns into integer kernels at load time), per-channel int8 weights, uint8 activations
     (onnxruntime's recommended "U8S8" for x86 CPUs), min/max calibration over the given
-    cutouts. The graph first goes through onnxruntime's quantisation pre-processing (symbolic
-    shape inference and graph optimisation).
+    cutouts; only the arithmetic operators (:data:`QUANTIZED_OPS`) are quantised. The graph
+    first goes through onnxruntime's quantisation pre-processing (symbolic shape inference and
+    graph optimisation).
 float16
     ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 graph inputs and
     outputs kept (``keep_io_types``), so a scanner feeds and reads float32 whatever the
@@ -27,6 +28,12 @@ import onnx
 from .graph import toposort
 
 FP16_CONVERTER = "onnxruntime.transformers.float16"
+
+#: Operators quantised to int8: the ones that do the arithmetic. Quantising the cheap ones too
+#: (Resize, Concat, MaxPool, Add, Mul) wraps every one in Quantize/Dequantize pairs and made
+#: EZnet (49 Resize + 99 Concat) slower than float32 in our measurements; see
+#: benchmarks/bench_export.py.
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 class _ArrayReader:
@@ -78,7 +85,7 @@ def quantize_int8(
             pre, dst, _ArrayReader(input_name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
         )  # fmt: skip
         quantized = onnx.load(dst)
     settings = {
@@ -86,6 +93,7 @@ def quantize_int8(
         "weights": "int8 per-channel" if per_channel else "int8 per-tensor",
         "activations": "uint8",
         "calibration": "minmax",
+        "operators": list(QUANTIZED_OPS),
         "calibration_samples": int(calibration.shape[0]),
     }
     return quantized, settings

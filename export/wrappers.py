@@ -17,7 +17,11 @@ How the log-odds follow from the two scores depends on the head the model was tr
 ``"sigmoid"`` (EZnet)
     two independent sigmoid outputs (negative, positive): ``logit = s1``.
 ``"logit"``
-    the model already returns the positive-class logit, shape (N,) or (N, 1).
+    the model already returns the positive-class logit, shape (N,) or (N, 1);
+``"model"``
+    the model's own ``positive_logit(scores)`` (every classifier built by
+    :func:`deepmine.training.create_model` has one) — the default when it exists, so that the
+    convention has one implementation, next to the model's loss.
 
 Generators take ``latent`` (float32 N×L) and return ``image`` (float32 N×C×H×W in 0..1); a
 generator whose output is in −1..1 (a tanh head, ``output_range=(-1, 1)``) is mapped to 0..1.
@@ -29,20 +33,22 @@ from torch import nn
 
 from deepmine.inference.errors import InputError
 
-SCORE_KINDS = ("softmax", "sigmoid", "logit")
+SCORE_KINDS = ("model", "softmax", "sigmoid", "logit")
 
 #: How the registered classifiers turn their two scores into the positive-class logit.
 DEFAULT_SCORES = {"lensflow": "softmax", "eznet": "sigmoid"}
 
 
 def score_kind(model: nn.Module, architecture: str, scores: str | None = None) -> str:
-    """The score convention of ``model``: ``scores`` if given, else the model's own
-    ``deepmine_config["scores"]`` / ``score_activation`` attribute, else the architecture's
+    """The score convention of ``model``: ``scores`` if given, else ``"model"`` when the model
+    has ``positive_logit``, else its ``deepmine_config["scores"]``, else the architecture's
     default (:data:`DEFAULT_SCORES`)."""
     kind = scores
+    if kind is None and callable(getattr(model, "positive_logit", None)):
+        kind = "model"
     if kind is None:
         cfg = getattr(model, "deepmine_config", None) or {}
-        kind = cfg.get("scores") or getattr(model, "score_activation", None)
+        kind = cfg.get("scores")
     if kind is None:
         kind = DEFAULT_SCORES.get(str(architecture).lower())
     if kind is None:
@@ -50,6 +56,8 @@ def score_kind(model: nn.Module, architecture: str, scores: str | None = None) -
             f"export: cannot tell how architecture {architecture!r} turns its scores into a logit; "
             f"pass scores= one of {SCORE_KINDS}"
         )
+    if kind == "model" and not callable(getattr(model, "positive_logit", None)):
+        raise InputError("export: scores='model' needs a model with a positive_logit(scores) method")
     if kind not in SCORE_KINDS:
         raise InputError(f"export: scores must be one of {SCORE_KINDS}, got {kind!r}")
     return kind
@@ -67,7 +75,9 @@ class ClassifierGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.model(image)
-        if self.scores == "softmax":
+        if self.scores == "model":
+            logit = self.model.positive_logit(s)
+        elif self.scores == "softmax":
             logit = s[:, 1] - s[:, 0]
         elif self.scores == "sigmoid":
             logit = s[:, 1]

@@ -45,36 +45,30 @@ def _as_str(column) -> np.ndarray:
 
 
 def read_catalog(path: str | os.PathLike):
-    """Read a scan catalogue (FITS, ECSV, Parquet) and check it can be inspected.
+    """Read a scan catalogue (:func:`deepmine.inference.catalog.read_catalog`) and check it can
+    be inspected.
 
     Returns
     -------
     astropy.table.Table
-        With ``id`` (int64, unique), ``source`` (str), ``index`` (int64), ``logit`` (float64)
-        and every column of :data:`INFO_COLUMNS` (NaN where the catalogue lacks it).
+        With ``id`` (int64, unique), ``source`` (str), ``index`` (int64), ``flags`` (int64) and
+        every column of :data:`INFO_COLUMNS` as float64 (NaN where the catalogue lacks it);
+        ``meta`` as read (provenance).
 
     Raises
     ------
     InputError
-        Missing/empty/corrupt file, missing columns, duplicate ids, non-finite logits.
+        Missing/empty/corrupt file, missing columns, no rows, duplicate ids, non-finite logits.
     """
     from astropy.table import Table
 
+    from .catalog import read_catalog as read_scan_catalog
+
     p = Path(path)
-    if not p.is_file():
-        raise file_error(p, "catalogue not found")
-    if p.stat().st_size == 0:
-        raise file_error(p, "catalogue is empty")
-    try:
-        table = Table.read(p)
-    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
-        raise file_error(p, f"not a readable catalogue ({_first_line(exc)})") from None
+    table = read_scan_catalog(p)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.colnames]
     if missing:
-        raise file_error(
-            p, f"not a scan catalogue: missing column(s) {', '.join(missing)} "
-            f"(columns are: {', '.join(table.colnames) or 'none'})"
-        )
+        raise file_error(p, f"not a scan catalogue: missing column(s) {', '.join(missing)}")
     if len(table) == 0:
         raise file_error(p, "catalogue has no rows")
     out = Table(meta=dict(table.meta))
@@ -91,7 +85,7 @@ def read_catalog(path: str | os.PathLike):
             out[name] = np.asarray(data, dtype=np.float64)
         else:
             out[name] = np.full(len(table), np.nan)
-    out["flags"] = np.asarray(table["flags"], dtype=np.int64) if "flags" in table.colnames else 0
+    out["flags"] = np.asarray(table["flags"], dtype=np.int64)
     ids, counts = np.unique(out["id"], return_counts=True)
     if (counts > 1).any():
         raise file_error(p, f"column id is not unique (id {ids[counts > 1][0]} appears {counts.max()} times)")
@@ -99,6 +93,16 @@ def read_catalog(path: str | os.PathLike):
         bad = int(out["id"][~np.isfinite(out["logit"])][0])
         raise file_error(p, f"row id {bad} has a non-finite logit")
     return out
+
+
+def catalog_bands(meta: dict, n_bands: int) -> list[str]:
+    """Band names of the cutouts, from the model metadata in the catalogue (``DM_META``), else
+    i, r, g for 3 bands."""
+    model = meta.get("DM_META") if isinstance(meta, dict) else None
+    bands = model.get("bands") if isinstance(model, dict) else None
+    if isinstance(bands, (list, tuple)) and len(bands) == n_bands:
+        return [str(b) for b in bands]
+    return list(DEFAULT_BANDS) if n_bands == 3 else [f"band {k}" for k in range(n_bands)]
 
 
 def top_count(n_rows: int, top: float | int) -> int:
@@ -115,8 +119,20 @@ def select_top(table, top: float | int):
     return table[order[:k]]
 
 
-def open_stack(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W).
+def single_cutout_files(meta: dict) -> set[str]:
+    """Sources that are single-cutout FITS files (C×H×W or H×W; a scanned directory of
+    cutouts, ``DM_INPUT`` kind ``fits_dir``), by path as written in the catalogue."""
+    specs = meta.get("DM_INPUT") if isinstance(meta, dict) else None
+    out: set[str] = set()
+    for spec in specs if isinstance(specs, list) else []:
+        if isinstance(spec, dict) and spec.get("kind") == "fits_dir":
+            out.update(str(p) for p in spec.get("paths", []))
+    return out
+
+
+def open_stack(path: str | os.PathLike, single: bool = False) -> np.ndarray:
+    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W; with
+    ``single``, the file holds one C×H×W or H×W cutout and becomes 1×C×H×W).
 
     Raises
     ------
@@ -142,13 +158,17 @@ def open_stack(path: str | os.PathLike) -> np.ndarray:
 
         try:
             hdul = fits.open(p, memmap=True)
+            dims = (2, 3) if single else (3, 4)
             hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
-                        and h.data.ndim in (3, 4)), None)
+                        and h.data.ndim in dims), None)
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
             raise file_error(p, f"not a readable FITS cutout cube ({_first_line(exc)})") from None
         if hdu is None:
-            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
+            want = "a C×H×W or H×W cutout" if single else "an N×C×H×W or N×H×W cube"
+            raise file_error(p, f"no image HDU of {want}")
         arr = hdu.data
+        if single:
+            arr = arr[None] if arr.ndim == 3 else arr[None, None]
     else:
         raise file_error(p, f"unknown cutout stack format (expected one of {', '.join(CUTOUT_SUFFIXES)})")
     if arr.ndim == 3:
@@ -171,9 +191,10 @@ class CutoutStore:
         Source name as written in the catalogue → path of its stack.
     """
 
-    def __init__(self, sources: dict[str, Path]):
+    def __init__(self, sources: dict[str, Path], single: Iterable[str] = ()):
         self.paths = {s: Path(p) for s, p in sources.items()}
-        self.stacks = {s: open_stack(p) for s, p in self.paths.items()}
+        single = set(single)
+        self.stacks = {s: open_stack(p, s in single) for s, p in self.paths.items()}
         shapes = {a.shape[1:] for a in self.stacks.values()}
         if len(shapes) > 1:
             listing = ", ".join(f"{p.name} {self.stacks[s].shape[1:]}" for s, p in self.paths.items())
@@ -181,11 +202,13 @@ class CutoutStore:
 
     @classmethod
     def for_rows(cls, rows, cutouts: Sequence[os.PathLike] | None = None,
-                 search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue") -> "CutoutStore":
-        """Find and open the stacks that ``rows`` point at, and check every row fits its stack."""
+                 search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue",
+                 single: Iterable[str] = ()) -> "CutoutStore":
+        """Find and open the stacks that ``rows`` point at, and check every row fits its stack.
+        ``single``: sources that are single-cutout files (see :func:`single_cutout_files`)."""
         sources = sorted(set(_as_str(rows["source"]).tolist()))
         mapping = resolve_sources(sources, cutouts, search_dirs, what)
-        store = cls(mapping)
+        store = cls(mapping, () if cutouts else single)
         store.check_rows(rows, what)
         return store
 

@@ -133,7 +133,7 @@ class GradeLog:
 
     # -- actions ----------------------------------------------------------------------------
     def _next(self, row, grade: str, grader: str) -> Action:
-        info = tuple(float(row[c]) if c in row else np.nan for c in CANDIDATE_COLUMNS)
+        info = tuple(np.nan if c not in row or row[c] is None else float(row[c]) for c in CANDIDATE_COLUMNS)
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         seq = self.actions[-1].seq + 1 if self.actions else 1
         return Action(seq, int(row["id"]), str(row["source"]), int(row["index"]), grade, grader, now, info)

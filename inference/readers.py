@@ -246,7 +246,15 @@ def _resolve_npy(p: Path, meta: ModelMetadata) -> SourceSpec:
     try:
         with open(p, "rb") as fh:
             version = np.lib.format.read_magic(fh)
-            shape, fortran, dtype = np.lib.format._read_array_header(fh, version)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:  # format 3.0 (utf-8 field names): let numpy parse it
+                mm = np.load(p, mmap_mode="r", allow_pickle=False)
+                shape, fortran, dtype = mm.shape, not mm.flags.c_contiguous, mm.dtype
+                fh.seek(mm.offset)
+                del mm
             offset = fh.tell()
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/EOFError/OSError
         raise file_error(p, f"not a readable .npy file ({_first_line(exc)})") from None

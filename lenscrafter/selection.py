@@ -94,49 +94,71 @@ def wilson_interval(k, n, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.
 # --------------------------------------------------------------------------------------
 # the lenses of a set of cells
 # --------------------------------------------------------------------------------------
-def _chunk_seed(seed: int, first_cell: int) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E1EC7, int(first_cell)])
+def _seeds(seed: int) -> tuple[np.random.SeedSequence, int]:
+    """(root of the per-chunk parameter draws, the craft noise seed) of a master seed."""
+    root = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E1EC7])
+    return root, int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0xC4AF7]).generate_state(1)[0])
+
+
+def cell_uniforms(seed: int, cells, per_cell: int, n_axes: int) -> np.ndarray:
+    """Uniform fractions (lenses × axes) placing each lens inside its cell; cell c's come from
+    its own stream (seed, c), so they do not depend on which cells are crafted together."""
+    root, _ = _seeds(seed)
+    out = np.empty((len(cells) * int(per_cell), n_axes))
+    for i, c in enumerate(np.asarray(cells, dtype=np.int64)):
+        rng = np.random.default_rng(np.random.SeedSequence(root.entropy, spawn_key=(int(c),)))
+        out[i * per_cell:(i + 1) * per_cell] = rng.random((per_cell, n_axes))
+    return out
 
 
 def lens_params_for_cells(grid: SelectionGrid, cells, per_cell: int, seed: int):
-    """LensCrafter parameter table of ``per_cell`` lenses in each cell of ``cells`` (cell-major).
+    """LensCrafter parameter table of ``per_cell`` lenses in each of ``cells`` (consecutive cells).
+
+    Lens j of cell c is lens number ``c * per_cell + j`` of the grid. Its place inside the cell
+    comes from the stream (``seed``, c) (:func:`cell_uniforms`) and its noise from LensCrafter's
+    stream (craft seed, lens number), so with ``others="reference"`` every lens is the same
+    however cells are grouped. With ``others="prior"`` the other parameters are drawn per craft
+    chunk (seeded by its first cell); :func:`plan_parts` and :func:`chunks_of` keep chunks
+    aligned, so results are the same for any split into parts made of whole chunks.
 
     Returns
     -------
-    params : astropy Table (one row per lens), with a ``cell`` column added
-    craft_seed : int — the seed to craft these lenses with
+    params : astropy Table (one row per lens, LensCrafter's columns plus ``cell``)
+    craft_seed : int and index_offset : int — pass both to ``craft_lenses``
     """
-    from deepmine.lenscrafter import reference_lens_params, sample_lens_params
+    from .params import reference_lens_params, sample_lens_params
 
     cells = np.asarray(cells, dtype=np.int64)
+    if cells.size == 0 or np.any(np.diff(cells) != 1):
+        raise InputError("lens_params_for_cells: expected a non-empty run of consecutive cells")
     n = int(cells.size) * int(per_cell)
-    ss = _chunk_seed(seed, int(cells[0]) if cells.size else 0)
-    draw_ss, prior_ss, craft_ss = ss.spawn(3)
-    rng = np.random.default_rng(draw_ss)
+    root, craft_seed = _seeds(seed)
     if grid.others == "prior":
-        params = sample_lens_params(n, seed=int(prior_ss.generate_state(1)[0]))
+        prior_seed = int(np.random.SeedSequence(root.entropy, spawn_key=(int(cells[0]), 1)).generate_state(1)[0])
+        params = sample_lens_params(n, seed=prior_seed)
     else:
         params = reference_lens_params(n)
     for column, value in grid.fixed.items():
         params[column] = np.full(n, float(value))
-    for column, values in grid.axis_values(cells, per_cell, rng).items():
+    u = cell_uniforms(seed, cells, per_cell, len(grid.axes)) if grid.sampling == "uniform" else None
+    for column, values in grid.axis_values(cells, per_cell, u).items():
         params[column] = values
     params["cell"] = np.repeat(cells, per_cell)
-    return params, int(craft_ss.generate_state(1)[0])
+    return params, craft_seed, int(cells[0]) * int(per_cell)
 
 
-def _craft_for_model(params, craft_seed: int, model):
+def _craft_for_model(params, craft_seed: int, index_offset: int, model):
     """Craft ``params`` the way ``model`` needs its input: size, pixel scale, bands, dtype."""
-    from deepmine.lenscrafter import craft_lenses
+    from .synth import craft_lenses
 
     meta = model.metadata
     c, h, w = model.input_shape
     if h != w:
         raise InputError(f"selection function: model input {h}×{w} is not square; LensCrafter crafts square cutouts")
-    kind = meta.preprocessing.get("kind")
-    output = "uint8" if kind == "percentile" else "float32"
+    output = "uint8" if meta.preprocessing.get("kind") == "percentile" else "float32"
     cols = [k for k in params.colnames if k != "cell"]
-    images = craft_lenses(params[cols], seed=craft_seed, size=int(h), pixel_scale=float(meta.pixel_scale), output=output)
+    images = craft_lenses(params[cols], seed=craft_seed, index_offset=index_offset, size=int(h),
+                          pixel_scale=float(meta.pixel_scale), output=output)
     return _select_bands(images, meta.bands)
 
 
@@ -178,9 +200,16 @@ def _get_pool(pool):
 
 
 def chunks_of(cells: np.ndarray, per_cell: int) -> list:
-    """Split a part's cells into craft chunks of about :data:`CRAFT_LENSES` lenses (whole cells)."""
+    """Split cells into craft chunks: runs of consecutive cells inside the same block of
+    ``CRAFT_LENSES // per_cell`` cells (blocks aligned at cell 0), about :data:`CRAFT_LENSES`
+    lenses each. The alignment makes every chunk, and so every lens, the same however the
+    cells are split into parts."""
+    cells = np.asarray(cells, dtype=np.int64)
+    if cells.size == 0:
+        return []
     step = max(1, CRAFT_LENSES // int(per_cell))
-    return [cells[i:i + step] for i in range(0, cells.size, step)]
+    breaks = np.flatnonzero((np.diff(cells) != 1) | (np.diff(cells // step) != 0)) + 1
+    return np.split(cells, breaks)
 
 
 def run_cells(
@@ -241,8 +270,8 @@ def run_cells(
     for chunk in chunks_of(cells, per_cell):
         k = chunk.size
         t0 = time.perf_counter()
-        params, craft_seed = lens_params_for_cells(grid, chunk, per_cell, seed)
-        images = _craft_for_model(params, craft_seed, model)
+        params, craft_seed, offset = lens_params_for_cells(grid, chunk, per_cell, seed)
+        images = _craft_for_model(params, craft_seed, offset, model)
         t1 = time.perf_counter()
         logit, _ = model.predict(images, batch_size=batch_size)
         order = ref.ordinality(logit).reshape(k, per_cell)
@@ -297,11 +326,12 @@ def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, ba
                          progress: Callable[[int], None] | None = None):
     """Score ``n`` LensCrafter non-lens scenes with ``model`` into a :class:`ReferencePool`.
 
-    The negatives are crafted in chunks of :data:`CRAFT_LENSES` with seeds derived from
-    ``seed``, at the model's size and pixel scale; only their logits are kept.
+    The negatives (every kind of :data:`deepmine.lenscrafter.NEGATIVE_KINDS`, in turn) are
+    crafted in chunks of :data:`CRAFT_LENSES` from a seed derived from ``seed``, at the model's
+    size and pixel scale; only their logits are kept.
     """
     from deepmine.inference.pool import ReferencePool
-    from deepmine.lenscrafter import craft_negatives
+    from .negatives import craft_negatives
 
     if int(n) < 1:
         raise InputError(f"--pool-size: must be at least 1, got {n}")
@@ -310,11 +340,11 @@ def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, ba
     kind = meta.preprocessing.get("kind")
     output = "uint8" if kind == "percentile" else "float32"
     scores = np.empty(int(n), dtype=np.float32)
-    root = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x9E6A7])
-    for i, s in enumerate(range(0, int(n), CRAFT_LENSES)):
+    neg_seed = int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x9E6A7]).generate_state(1)[0])
+    for s in range(0, int(n), CRAFT_LENSES):
         k = min(CRAFT_LENSES, int(n) - s)
-        chunk_seed = int(np.random.SeedSequence(root.entropy, spawn_key=(i,)).generate_state(1)[0])
-        images, _ = craft_negatives(k, seed=chunk_seed, size=int(h), pixel_scale=float(meta.pixel_scale), output=output)
+        images, _ = craft_negatives(k, seed=neg_seed, index_offset=s, size=int(h),
+                                    pixel_scale=float(meta.pixel_scale), output=output)
         scores[s:s + k] = model.predict(_select_bands(images, meta.bands), batch_size=batch_size)[0]
         if progress is not None:
             progress(k)
@@ -324,62 +354,42 @@ def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, ba
     )
 
 
-def _open_cutouts(path: Path) -> np.ndarray:
-    """A memory-mapped N×C×H×W stack from .npy or a FITS cube (first HDU with data)."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise file_error(path, f"not a readable .npy array ({exc})") from None
-    elif suffix in (".fits", ".fit", ".fz"):
-        from astropy.io import fits
-
-        try:
-            hdul = fits.open(path, memmap=True)
-            hdu = next((h for h in hdul if h.data is not None and getattr(h, "is_image", True)), None)
-        except (OSError, ValueError) as exc:
-            raise file_error(path, f"not a readable FITS file ({exc})") from None
-        if hdu is None:
-            raise file_error(path, "no image data in the FITS file")
-        arr = hdu.data
-    else:
-        raise file_error(path, f"unknown cutout format {path.suffix!r}; use .npy or a FITS cube")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4 or arr.shape[0] == 0:
-        raise file_error(path, f"expected N×C×H×W (or N×H×W) cutouts, got shape {arr.shape}")
-    return arr
-
-
 def score_negatives_file(model, path, *, batch_size: int | None = None,
                          progress: Callable[[int], None] | None = None):
-    """Score the cutouts of ``path`` (.npy or FITS cube of negatives) into a ReferencePool."""
+    """Score the cutouts of ``path`` into a :class:`ReferencePool`.
+
+    ``path`` is anything the scanner reads as cutouts (:func:`deepmine.inference.readers.resolve_inputs`):
+    a ``.npy`` stack, a FITS cube or a directory of FITS cutouts. Blank cutouts (flag BLANK)
+    are left out of the pool: their scores mean nothing.
+    """
+    from deepmine.inference.metadata import file_sha256
     from deepmine.inference.pool import ReferencePool
+    from deepmine.inference.readers import FLAG_BLANK, read_block, resolve_inputs
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise file_error(p, "negatives file not found")
-    arr = _open_cutouts(p)
-    from deepmine.inference.model import check_cutout_shape
-
-    check_cutout_shape(arr.shape, model.metadata, str(p))
-    n = arr.shape[0]
-    scores = np.empty(n, dtype=np.float32)
-    for s in range(0, n, 4 * CRAFT_LENSES):
-        block = np.asarray(arr[s:s + 4 * CRAFT_LENSES])
-        if block.dtype.byteorder not in ("=", "|"):
-            block = block.astype(block.dtype.newbyteorder("="))
-        scores[s:s + block.shape[0]] = model.predict(block, batch_size=batch_size)[0]
+    meta = model.metadata
+    (spec,), _ = resolve_inputs([p], meta)
+    scores, blank = [], 0
+    step = 4 * CRAFT_LENSES
+    for s in range(0, spec.n, step):
+        block = read_block(spec, s, min(s + step, spec.n), meta)
+        keep = block.valid & ((block.flags & FLAG_BLANK) == 0)
+        blank += int((~keep).sum())
+        if keep.any():
+            scores.append(model.predict(block.images[keep], batch_size=batch_size)[0])
         if progress is not None:
-            progress(block.shape[0])
+            progress(int(keep.size))
+    scores = np.concatenate(scores) if scores else np.empty(0, np.float32)
+    if scores.size == 0:
+        raise file_error(p, "no usable negatives (every cutout is blank)")
     if not np.all(np.isfinite(scores)):
-        raise file_error(p, "the model gave NaN/inf scores for some negatives (blank or corrupt cutouts?)")
-    from deepmine.inference.metadata import file_sha256
-
+        raise file_error(p, "the model gave NaN/inf scores for some negatives (corrupt cutouts?)")
     return ReferencePool.from_scores(
-        scores, model_hash=model.sha256, source=str(p), source_sha256=file_sha256(p), n_negatives=int(n),
-        created=_now(),
+        scores, model_hash=model.sha256, source=str(p),
+        source_sha256=file_sha256(p) if p.is_file() else None, n_negatives=int(scores.size),
+        n_blank_skipped=blank, created=_now(),
     )
 
 

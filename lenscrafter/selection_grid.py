@@ -191,18 +191,20 @@ class SelectionGrid:
             raise InputError(f"cell indices must lie in [0, {self.n_cells}), got {c.min()}..{c.max()}")
         return np.stack(np.unravel_index(c, self.shape), axis=-1).astype(np.int64)
 
-    def axis_values(self, cells, per_cell: int, rng: np.random.Generator) -> dict:
+    def axis_values(self, cells, per_cell: int, u: np.ndarray | None = None) -> dict:
         """Axis values of ``per_cell`` lenses in each of ``cells`` (cell-major order).
 
+        ``u`` (lenses × axes, in [0, 1)) places each lens inside its cell, in the axis's scale;
+        with ``sampling="center"`` (or ``u`` None) every lens sits at the cell centre.
         Returns column → float64 array of length ``len(cells) * per_cell``.
         """
         idx = np.repeat(self.unravel(cells), per_cell, axis=0)
         out = {}
         for k, a in enumerate(self.axes):
-            if self.sampling == "center":
+            if self.sampling == "center" or u is None:
                 out[a.column] = a.centers[idx[:, k]]
             else:
-                out[a.column] = a.sample(idx[:, k], rng.random(idx.shape[0]))
+                out[a.column] = a.sample(idx[:, k], u[:, k])
         return out
 
     # -- (de)serialisation ----------------------------------------------------------------
@@ -241,10 +243,10 @@ class SelectionGrid:
 # parameter names
 # --------------------------------------------------------------------------------------
 def known_parameters() -> list:
-    """LensCrafter's lens parameter columns (from the reference lens table)."""
-    from deepmine.lenscrafter import reference_lens_params
+    """LensCrafter's lens parameter columns."""
+    from .params import LENS_COLUMNS
 
-    return list(reference_lens_params(1).colnames)
+    return list(LENS_COLUMNS)
 
 
 def resolve_parameter(name: str, where: str = "selection grid", known=None) -> str:

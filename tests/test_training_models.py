@@ -168,7 +168,7 @@ def test_deepmine_config_is_valid_metadata(name):
 
 def test_positive_logit_matches_the_probability_contract():
     scores = torch.tensor([[0.3, -1.2], [2.0, 2.5]])
-    lf = create_model("lensflow", size=28, filters=[2, 2, 2], hidden=[4])
+    lf = create_model("lensflow", size=36, filters=[2, 2, 2], hidden=[4])
     p_softmax = torch.softmax(scores, 1)[:, 1]
     assert torch.allclose(torch.sigmoid(lf.positive_logit(scores)), p_softmax)
     ez = create_model("eznet", table=[{"kernels": 2, "kernel": 1, "size": 1}], size=8)

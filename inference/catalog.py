@@ -1,0 +1,197 @@
+"""The candidate catalogue of a scan: columns, provenance, writing and reading.
+
+Columns (astropy Table, one row per scanned object, sorted by ``id``)
+--------------------------------------------------------------------
+``id`` int64
+    Running number of the object in the scan (inputs in the order given, objects in file order).
+``source`` str
+    Where the object came from: the input path as given (for a directory of cutouts, the
+    cutout file; for a survey scan, the source catalogue; for tiles, the first band image).
+``index`` int64
+    Index of the object within ``source`` (catalogue row, tile number; 0 for a cutout file).
+``ra``, ``dec`` float64 (deg); ``x``, ``y`` float64 (0-based pixels of the survey image)
+    NaN where unknown (stacks and cutout files).
+``logit`` float32
+    Positive-class log-odds: rank on this, not on the probability, which saturates.
+``probability`` float32
+    sigmoid(logit).
+``ordinality`` float64
+    Position of the logit in the scan's ascending order / N (ties averaged; seed 2.4).
+``ordinality_ref`` float64 (only with a reference pool)
+    Ordinality of the logit against the stored negative pool (comparable across scans).
+``flags`` int32
+    Bitmask, see :data:`deepmine.inference.readers.FLAG_BITS` (1 NaN/inf pixels masked,
+    2 blank cutout, 4 partly off the image edge and padded, 8 some bands blank,
+    16 non-finite score).
+
+Provenance (``table.meta``; FITS header cards of the BINTABLE HDU)
+------------------------------------------------------------------
+``DM_MODEL`` (model path), ``DM_SHA`` (model file sha256), ``DM_META`` (model metadata
+JSON), ``DM_VERS`` (deepmine version), ``DM_INPUT`` (inputs JSON), ``DM_PROV``
+(onnxruntime provider actually used), ``DM_BATCH`` (batch size), ``DM_THRD`` (threads),
+``DATE`` (UTC, ISO 8601), ``DM_NOBJ``, ``DM_SKIP`` (skipped files JSON), ``DM_FLAGS`` (the flag
+bits JSON), ``DM_REF`` (reference pool, when given). The same keys are in ``table.meta`` (and
+in the ECSV/Parquet metadata), with JSON values decoded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .atomic import atomic_path
+from .errors import InputError, MissingDependencyError, file_error
+
+FORMATS = ("fits", "ecsv", "parquet")
+SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
+_JSON_KEYS = ("DM_META", "DM_INPUT", "DM_SKIP", "DM_FLAGS")
+
+__all__ = ["write_catalog", "read_catalog", "catalog_paths", "parse_formats", "FORMATS"]
+
+
+def parse_formats(text: str | None) -> list[str]:
+    """``"fits,ecsv"`` → ["fits", "ecsv"]; None → fits, ecsv and parquet when pyarrow is installed."""
+    if text is None:
+        fmts = ["fits", "ecsv"]
+        try:
+            import pyarrow  # noqa: F401
+
+            fmts.append("parquet")
+        except ImportError:
+            pass
+        return fmts
+    fmts = [f.strip().lower() for f in str(text).split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
+    if "parquet" in fmts:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--format parquet needs pyarrow: pip install pyarrow") from None
+    return list(dict.fromkeys(fmts))
+
+
+def catalog_paths(out: str | os.PathLike, formats: list[str]) -> dict[str, Path]:
+    """Output path per format: ``out`` with its suffix replaced (``out`` itself for its own format)."""
+    p = Path(out)
+    stem = p.with_suffix("") if p.suffix.lower() in SUFFIX.values() or p.suffix.lower() in (".fit",) else p
+    paths = {}
+    for f in formats:
+        paths[f] = p if p.suffix.lower() == SUFFIX[f] else Path(str(stem) + SUFFIX[f])
+    return paths
+
+
+def _fits_header_cards(meta: dict) -> list[tuple[str, object]]:
+    cards = []
+    for key, value in meta.items():
+        if not (key.isupper() and len(key) <= 8):
+            continue
+        if key in _JSON_KEYS:
+            value = json.dumps(value, sort_keys=True, default=str)
+        elif isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value, default=str)
+        cards.append((key, value))
+    return cards
+
+
+def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = None) -> dict[str, Path]:
+    """Write ``table`` in each format, atomically; return {format: path}.
+
+    Provenance keys of ``table.meta`` (upper case, ≤ 8 characters; see the module docstring)
+    become FITS header cards (long strings continue over CONTINUE cards).
+    """
+    from astropy.io import fits
+
+    fmts = parse_formats(None) if formats is None else formats
+    paths = catalog_paths(out, fmts)
+    for fmt, path in paths.items():
+        if fmt == "fits":
+            plain = table.copy(copy_data=False)
+            plain.meta = {}
+            hdu = fits.table_to_hdu(plain)
+            for key, value in _fits_header_cards(table.meta):
+                hdu.header[key] = value
+            hdu.header["EXTNAME"] = "CATALOG"
+            with atomic_path(path, suffix=".fits") as tmp:
+                fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+        elif fmt == "ecsv":
+            with atomic_path(path, suffix=".ecsv") as tmp:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+        elif fmt == "parquet":
+            with atomic_path(path, suffix=".parquet") as tmp:
+                table.write(tmp, format="parquet", overwrite=True)
+        else:
+            raise InputError(f"--format: unknown format {fmt!r}")
+    return paths
+
+
+def _read_parquet(p: Path):
+    """Parquet through astropy (needs pandas for the metadata), else straight through pyarrow."""
+    from astropy.table import Table
+
+    try:
+        return Table.read(p, format="parquet")
+    except ImportError:
+        pass
+    import numpy as np
+    import pyarrow.parquet as pq
+    from astropy.table.meta import get_header_from_yaml
+
+    arrow = pq.read_table(p)
+    table = Table({name: np.asarray(arrow.column(name).to_numpy(zero_copy_only=False)) for name in arrow.column_names})
+    raw = (arrow.schema.metadata or {}).get(b"table_meta_yaml")
+    if raw:
+        header = get_header_from_yaml(raw.decode().splitlines())
+        meta = header.get("meta") if isinstance(header, dict) else None
+        if isinstance(meta, dict):
+            table.meta.update(meta)
+    return table
+
+
+def read_catalog(path: str | os.PathLike):
+    """Read a scan catalogue (FITS, ECSV or Parquet) with its provenance in ``table.meta``.
+
+    Raises
+    ------
+    InputError
+        Missing, empty, unreadable file, or a table that is not a deepmine scan catalogue.
+    """
+    import numpy as np
+    from astropy.table import Table
+
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "catalogue not found")
+    if p.stat().st_size == 0:
+        raise file_error(p, "catalogue is empty (0 bytes)")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".fits", ".fit", ".fz"):
+            table = Table.read(p, hdu=1)
+        elif suffix == ".ecsv":
+            table = Table.read(p, format="ascii.ecsv")
+        elif suffix == ".parquet":
+            table = _read_parquet(p)
+        else:
+            table = Table.read(p)
+    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
+        text = str(exc).strip()
+        raise file_error(p, f"not a readable catalogue ({text.splitlines()[0] if text else type(exc).__name__})") from None
+    for name in table.colnames:
+        dt = table[name].dtype
+        if dt.kind == "O":
+            table[name] = np.asarray(table[name], dtype=str)
+        elif dt.kind in "uif" and not dt.isnative:  # FITS is big-endian
+            table[name] = np.asarray(table[name]).astype(dt.newbyteorder("="))
+    missing = [c for c in ("id", "logit", "probability", "ordinality", "flags") if c not in table.colnames]
+    if missing:
+        raise file_error(p, f"not a deepmine scan catalogue (no column {', '.join(missing)})")
+    for key in _JSON_KEYS:
+        val = table.meta.get(key)
+        if isinstance(val, str):
+            try:
+                table.meta[key] = json.loads(val)
+            except ValueError:
+                pass
+    return table

@@ -1,0 +1,149 @@
+"""``deepmine craft``: synthesize lenses or non-lens scenes with LensCrafter, or a preview grid."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError, file_error
+from .common import err_console, existing_file, task
+
+CHUNK = 2048
+
+
+def _read_psf(path: Path):
+    import numpy as np
+
+    existing_file(path, "PSF file")
+    try:
+        if path.suffix.lower() == ".npy":
+            kern = np.load(path, allow_pickle=False)
+        else:
+            from astropy.io import fits
+
+            kern = fits.getdata(path)
+    except Exception as exc:  # noqa: BLE001 - numpy/astropy raise many kinds
+        raise file_error(path, f"cannot read the PSF kernel ({exc}); expected .npy or FITS") from None
+    from deepmine.lenscrafter.pipeline import check_psf
+
+    try:
+        return check_psf(np.asarray(kern, dtype=float), 3)
+    except InputError as exc:
+        raise file_error(path, str(exc)) from None
+
+
+def craft(
+    n: Optional[int] = typer.Option(None, "--n", "-n", min=1, help="Number of cutouts (default: rows of --params)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output stack N×3×H×W (.npy); the parameter "
+                                       "table is written beside it as <name>.ecsv."),
+    params: Optional[Path] = typer.Option(None, "--params", "-p", help="Lens parameter table (ECSV/FITS) "
+                                          "instead of random draws from the priors."),
+    negatives: bool = typer.Option(False, "--negatives", help="Craft non-lens scenes instead of lenses."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="Comma-separated negative kinds (default all): "
+                                        "elliptical,disc,spiral,ring,field,star,blend,artefact."),
+    field: float = typer.Option(0.0, "--field", min=0.0, max=50.0, help="Mean number of faint field "
+                                "galaxies added around each lens."),
+    seed: int = typer.Option(0, "--seed", "-s", help="Random seed (parameters and noise)."),
+    no_noise: bool = typer.Option(False, "--no-noise", help="No photon or sky noise."),
+    no_psf: bool = typer.Option(False, "--no-psf", help="No PSF convolution."),
+    psf: Optional[Path] = typer.Option(None, "--psf", help="PSF kernel file (.npy or FITS; K×K or 3×K×K in "
+                                       "channel order i, r, g; K odd). Default: Gaussian, HSC seeing."),
+    size: int = typer.Option(64, "--size", min=8, max=1024, help="Cutout side, pixels."),
+    pixel_scale: float = typer.Option(0.168, "--pixel-scale", min=0.001, max=10.0, help="Arcsec per pixel."),
+    supersample: int = typer.Option(1, "--supersample", min=1, max=16, help="Sub-pixel samples per axis."),
+    dtype: str = typer.Option("uint8", "--dtype", help="uint8 (percentile-normalised, as the scanner reads) "
+                              "or float32 (counts, zero point 27)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a Figure 4.1-like grid (PNG) "
+                                           "varying θ_E, source offset, SIE ellipticity and foreground n."),
+) -> None:
+    """Synthesize strong lenses (SIE + Sersic source + Sersic lens light, PSF, noise; seed
+    Figure 4.2) or realistic non-lens scenes with LensCrafter, as an N×3×H×W stack in channel
+    order i, r, g.
+    """
+    import numpy as np
+
+    from deepmine.inference.atomic import atomic_path, check_writable
+
+    if dtype not in ("uint8", "float32"):
+        raise InputError(f"--dtype {dtype!r}: expected uint8 or float32")
+    if no_psf and psf is not None:
+        raise InputError("--psf and --no-psf contradict each other; give one")
+    psf_arg = False if no_psf else (_read_psf(psf) if psf is not None else True)
+    common = dict(size=size, pixel_scale=pixel_scale, noise=not no_noise, psf=psf_arg, supersample=supersample)
+
+    if preview is not None:
+        from deepmine.lenscrafter.preview import write_preview
+
+        check_writable(preview)
+        write_preview(preview, seed=seed, noise=not no_noise, psf=psf_arg, size=size, pixel_scale=pixel_scale)
+        err_console.print(f"wrote preview {preview}")
+        if out is None:
+            return
+    if out is None:
+        raise InputError("--out is required (or give --preview PNG alone)")
+    if out.suffix.lower() != ".npy":
+        raise InputError(f"--out {out}: expected a .npy file name")
+    check_writable(out)
+    table_path = out.with_suffix(".ecsv")
+
+    from deepmine.lenscrafter import craft_lenses, craft_negatives, read_lens_params, sample_lens_params
+
+    kind_list = None
+    if kinds is not None:
+        if not negatives:
+            raise InputError("--kinds applies to --negatives only")
+        kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    if negatives:
+        if params is not None:
+            raise InputError("--params describes lenses; it cannot be combined with --negatives")
+        if n is None:
+            raise InputError("--n is required with --negatives")
+        total = n
+        table = None
+    else:
+        if params is not None:
+            table = read_lens_params(params)
+            if n is not None and n != len(table):
+                raise InputError(f"--n {n} disagrees with the {len(table)} rows of --params {params}; omit --n")
+        else:
+            if n is None:
+                raise InputError("--n is required (or give --params TABLE)")
+            table = sample_lens_params(n, seed=seed)
+        total = len(table)
+
+    tables = []
+    with atomic_path(out) as tmp:
+        stack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(total, 3, size, size))
+        with task("crafting negatives" if negatives else "crafting lenses", total) as advance:
+            import time
+
+            t0 = time.perf_counter()
+            for a in range(0, total, CHUNK):
+                b = min(a + CHUNK, total)
+                if negatives:
+                    imgs, tab = craft_negatives(b - a, seed=seed, kinds=kind_list, output=dtype, index_offset=a,
+                                                **common)
+                    tables.append(tab)
+                else:
+                    imgs = craft_lenses(table[a:b], seed=seed, output=dtype, index_offset=a, field=field, **common)
+                stack[a:b] = imgs
+                advance(b - a, rate=f"{b / max(time.perf_counter() - t0, 1e-9):,.0f}/s")
+        stack.flush()
+        del stack
+    if negatives:
+        from astropy.table import vstack
+
+        table = vstack(tables) if len(tables) > 1 else tables[0]
+    table.meta.update({"seed": seed, "size": size, "pixel_scale": pixel_scale, "noise": not no_noise,
+                       "psf": "none" if no_psf else (str(psf) if psf else "gaussian-hsc"),
+                       "supersample": supersample, "dtype": dtype, "bands": "i,r,g", "stack": out.name,
+                       "field": field if not negatives else 1.2})
+    with atomic_path(table_path) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    what = "negatives" if negatives else "lenses"
+    err_console.print(f"wrote {total} {what} {out} ({dtype} {total}×3×{size}×{size}) and {table_path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("craft")(craft)

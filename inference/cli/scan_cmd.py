@@ -1,0 +1,85 @@
+"""``deepmine scan``: score survey cutouts with an exported model (onnxruntime, no torch)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import err_console, parse_fraction_or_count
+
+
+def scan(
+    inputs: List[Path] = typer.Argument(
+        ..., help="Cutouts: .npy stacks, FITS cubes (N×C×H×W or N×H×W), directories of FITS cutouts; or, with "
+        "--catalog / --tile, one survey image per model band (in the model's band order).", show_default=False,
+    ),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help="Exported classifier (.onnx). Default: the bundled model, when installed."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Catalogue path (the suffix is replaced per --format).",
+                             show_default=False),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Source catalogue (ECSV/FITS/...) to cut around."),
+    ra_col: Optional[str] = typer.Option(None, "--ra-col", help="RA column (deg) of --catalog [default: ra]."),
+    dec_col: Optional[str] = typer.Option(None, "--dec-col", help="Dec column (deg) of --catalog [default: dec]."),
+    x_col: Optional[str] = typer.Option(None, "--x-col", help="x column (0-based pixels) of --catalog."),
+    y_col: Optional[str] = typer.Option(None, "--y-col", help="y column (0-based pixels) of --catalog."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile the survey images (tile = the model's cutout size)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Tile stride in pixels [default: the tile size]."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Objects per onnxruntime call."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="onnxruntime threads [default: all cores]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (auto falls back to CPU with a warning)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", min=1,
+                                             help="Objects per shard / part file [default: 16 batches]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted scan of the same inputs."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference negative pool (deepmine rank "
+                                             "--save-pool) for ordinality_ref."),
+    top: Optional[str] = typer.Option(None, "--top", help="Top candidates to list: a fraction (0.005 = "
+                                      "ordinality > 0.995) or a count [default with --mosaic: 0.005]."),
+    mosaic: Optional[Path] = typer.Option(None, "--mosaic", help="Write a labelled PNG grid of the top candidates."),
+    stretch: str = typer.Option("percentile", "--stretch", help="Mosaic stretch: percentile | asinh."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Skip unreadable files and list them."),
+    formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet "
+                                          "[default: fits,ecsv + parquet when pyarrow is installed]."),
+    # --cluster: added by the distributed backend; it builds an `executor` for scanner.scan.
+) -> None:
+    """Scan survey cutouts with an exported classifier; write a ranked catalogue (and a mosaic).
+
+    The model's metadata decides band order, cutout size and preprocessing; inputs that do not
+    fit are refused. Work is sharded: an interrupted scan continues with --resume.
+    """
+    from ..catalog import parse_formats
+    from ..mosaic import STRETCHES
+    from ..errors import InputError
+    from ..scanner import scan as run_scan
+
+    top_value = parse_fraction_or_count(top, "--top") if top is not None else None
+    if stretch not in STRETCHES:
+        raise InputError(f"--stretch: expected one of {', '.join(STRETCHES)}, got {stretch!r}")
+    import os
+
+    result = run_scan(
+        [str(p) for p in inputs], model, out, batch_size=batch_size, threads=threads, device=device,
+        shard_size=shard_size, resume=resume, reference=reference, top=top_value, mosaic=mosaic,
+        keep_going=keep_going, progress=not os.environ.get("DEEPMINE_NO_PROGRESS"),
+        formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
+        y_col=y_col, tile=tile, stride=stride, stretch=stretch,
+    )
+    err_console.print(
+        f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
+        + (f"; resumed {result.n_resumed} of {result.n_shards} shards" if result.n_resumed else "")
+    )
+    for fmt, path in result.catalogs.items():
+        err_console.print(f"wrote catalogue  {path}")
+    if result.top is not None:
+        err_console.print(f"wrote top        {result.top} ({result.n_top} candidates)")
+    if result.mosaic is not None:
+        err_console.print(f"wrote mosaic     {result.mosaic}")
+    if result.skipped:
+        err_console.print(f"skipped {len(result.skipped)} unreadable file(s):")
+        for path, reason in result.skipped:
+            err_console.print(f"  {reason}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scan")(scan)

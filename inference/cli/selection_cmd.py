@@ -1,0 +1,165 @@
+"""``deepmine selection``: the selection function of a model over a grid of lens parameters."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InputError
+from .common import err_console, existing_file, out_console, task
+
+
+def selection(
+    out: Path = typer.Option(..., "--out", "-o", help="Output table (.fits; an .ecsv copy is written beside it).",
+                             show_default=False),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported classifier (.onnx); default: the bundled model."),
+    grid: Optional[Path] = typer.Option(
+        None, "--grid", "-g", help="Grid file (.toml or .ecsv) naming parameters, ranges and bins; default: the six "
+        "parameters of Figure 3.3 (see --dry-run).",
+    ),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Corner plot of all 2-D marginal cuts (PNG/PDF/SVG); the 1-D completeness curves vs "
+        "θ_E and arc magnitude go beside it as <stem>_completeness.<ext>.",
+    ),
+    per_cell: Optional[int] = typer.Option(None, "--per-cell", "-n", help="Lenses per cell (default: the grid's, 8)."),
+    reference: Optional[Path] = typer.Option(
+        None, "--reference", help="Stored reference pool (FITS) of negatives scored with this model.",
+    ),
+    negatives: Optional[Path] = typer.Option(
+        None, "--negatives", help="Negative cutouts (.npy, FITS cube, folder of FITS cutouts) to score into the pool.",
+    ),
+    pool_size: int = typer.Option(20000, "--pool-size", help="LensCrafter negatives crafted for the pool when "
+                                  "neither --reference nor --negatives is given."),
+    save_pool: Optional[Path] = typer.Option(None, "--save-pool", help="Store the scored pool here (default: in the work folder)."),
+    cut: float = typer.Option(0.995, "--cut", help="Inspection cut: detected = ordinality against the pool > cut."),
+    seed: int = typer.Option(0, "--seed", help="Master seed (lenses and crafted negatives)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the cells finished by an interrupted run with the same settings."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Folder of part files (default: <out>.parts beside --out)."),
+    part_lenses: int = typer.Option(4096, "--part-lenses", help="About this many lenses per part file (unit of resume)."),
+    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads (default: one per core)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Scan batch size (default 256)."),
+    keep_parts: bool = typer.Option(False, "--keep-parts", help="Keep the part files after a successful run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and its size, write nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Measure a model's **selection function** (seed 3.1.1, Figure 3.3): for every cell of a grid
+    of lens parameters, craft lenses with LensCrafter, scan them, and count the fraction whose
+    ordinality against a reference pool of negatives (scored by the same model) exceeds the cut.
+
+    Writes one row per cell (counts, detection fraction, Wilson 68 % interval, cost, provenance)
+    as FITS and ECSV. Parameters not on the grid sit at the Figure 4.2 reference lens (or are
+    drawn from the priors: `others = "prior"` in the grid file). Cost: cells × per-cell lenses,
+    each crafted and scanned once (the default grid: 16,384 cells × 8 = 131,072 lenses).
+    """
+    from deepmine.lenscrafter.selection import (
+        build_reference_pool,
+        plan_parts,
+        score_negatives_file,
+        selection_function,
+    )
+    from deepmine.lenscrafter.selection_grid import default_grid, read_grid
+
+    if reference is not None and negatives is not None:
+        raise InputError("--reference and --negatives exclude each other: give a stored pool or cutouts to score")
+    if per_cell is not None and per_cell < 1:
+        raise InputError(f"--per-cell: must be at least 1, got {per_cell}")
+    if not 0.0 <= cut < 1.0:
+        raise InputError(f"--cut: must lie in [0, 1), got {cut}")
+    if part_lenses < 1:
+        raise InputError(f"--part-lenses: must be at least 1, got {part_lenses}")
+    g = read_grid(existing_file(grid, "grid file")) if grid is not None else default_grid()
+    n_cell = int(per_cell or g.per_cell)
+    n_lenses = g.n_cells * n_cell
+    if dry_run:
+        out_console.print(g.describe())
+        out_console.print(f"{n_cell} lenses per cell → {n_lenses:,} lenses in {len(plan_parts(g, n_cell, part_lenses))} parts")
+        return
+    from deepmine.inference.atomic import check_writable
+    from deepmine.inference.model import get_model, resolve_model_path
+    from deepmine.inference.pool import ReferencePool
+
+    out = Path(out)
+    check_writable(out)
+    if plot is not None:
+        check_writable(plot)
+    model_path = resolve_model_path(model)
+    m = get_model(model_path, device=device, threads=threads)
+    work = Path(workdir) if workdir is not None else out.with_name(out.stem + ".parts")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    # -- the reference pool: computed once, stored, reused on --resume ----------------------
+    pool_path = Path(save_pool) if save_pool is not None else work / "pool.fits"
+    if reference is not None:
+        pool = ReferencePool.load(existing_file(reference, "reference pool"))
+    elif save_pool is None and pool_path.exists() and negatives is None:
+        # a pool this command crafted before with the same model, seed and size: reuse it
+        pool = ReferencePool.load(pool_path)
+        prov = pool.provenance
+        if (prov.get("model_hash"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != (
+                m.sha256, seed, pool_size, "lenscrafter negatives"):
+            pool = None
+    else:
+        pool = None
+    if pool is None:
+        if negatives is not None:
+            from deepmine.inference.readers import resolve_inputs
+
+            (spec,), _ = resolve_inputs([negatives], m.metadata)
+            with task("scoring negatives", spec.n) as advance:
+                pool = score_negatives_file(m, negatives, batch_size=batch_size, progress=advance)
+        else:
+            with task("crafting + scoring negatives", pool_size) as advance:
+                pool = build_reference_pool(m, pool_size, seed=seed, batch_size=batch_size, progress=advance)
+        pool.save(pool_path)
+    t_pool = time.perf_counter() - t0
+
+    # -- the grid ------------------------------------------------------------------------------
+    err_console.print(f"[bold]selection function[/] of {model_path.name} ({m.provider}): {g.n_cells:,} cells × "
+                      f"{n_cell} = {n_lenses:,} lenses; pool {len(pool):,} negatives; cut {cut:g}")
+    t1 = time.perf_counter()
+    done = [0]
+    with task("cells", g.n_cells) as advance:
+        def progress(k: int) -> None:
+            done[0] += k
+            rate = done[0] * n_cell / max(time.perf_counter() - t1, 1e-9)
+            advance(k, rate=f"{rate:,.0f} lenses/s")
+
+        sel = selection_function(
+            model_path, g, pool=pool, per_cell=n_cell, seed=seed, cut=cut, workdir=work, resume=resume,
+            part_lenses=part_lenses, device=device, threads=threads, batch_size=batch_size, progress=progress,
+        )
+    sel.provenance["pool_file"] = str(reference or pool_path)
+    sel.provenance["pool_s"] = t_pool
+    written = sel.save(out)
+    plots = []
+    if plot is not None:
+        from deepmine.lenscrafter.selection_plot import completeness_path, plot_completeness, plot_corner
+
+        plots = [plot_corner(sel, plot), plot_completeness(sel, completeness_path(plot))]
+    if not keep_parts:
+        for part in work.glob("part-*.fits"):
+            part.unlink()
+        (work / "manifest.json").unlink(missing_ok=True)
+        if not any(work.iterdir()):
+            work.rmdir()
+    s = sel.summary()
+    s.update({"wall_s": time.perf_counter() - t0, "pool_s": t_pool, "grid_s": time.perf_counter() - t1,
+              "outputs": [str(p) for p in written + plots], "pool": str(reference or pool_path)})
+    if as_json:
+        print(json.dumps(s))
+        return
+    out_console.print(
+        f"{s['lenses']:,} lenses in {s['cells']:,} cells: {100 * s['fraction']:.2f} % detected above {cut:g} "
+        f"({s['wall_s']:.1f} s; crafting {s['craft_s']:.1f} s, scanning {s['scan_s']:.1f} s)"
+    )
+    for p in s["outputs"]:
+        out_console.print(f"wrote {p}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("selection")(selection)

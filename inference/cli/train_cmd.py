@@ -1,0 +1,142 @@
+"""``deepmine train lensflow|eznet CONFIG``: train a classifier with a recipe (needs ``deepmine[train]``).
+
+The sub-commands are thin: options are parsed here, the work is
+:func:`deepmine.training.trainer.train`. torch is imported inside the command, so
+``deepmine --help`` stays torch-free and a torch-less install says what to install.
+The GAN helper adds ``deepmine train gan`` to :data:`train_app` from its own module.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from .common import err_console, out_console
+
+train_app = typer.Typer(
+    help="Train a classifier (LensFlow, EZnet) with a recipe; needs `pip install 'deepmine[train]'`.",
+    no_args_is_help=True,
+)
+
+CONFIG_HELP = (
+    "Recipe: a TOML file, or the name of a shipped recipe (`eznet`, `lensflow`). "
+    "Its [model] name must match the sub-command."
+)
+
+
+def _run(
+    architecture: str,
+    config: str,
+    positives: List[Path],
+    negatives: List[Path],
+    out: Path,
+    resume: bool,
+    device: str,
+    amp: bool,
+    plot: bool,
+    extra_negatives: List[Path],
+    extra_positives: List[Path],
+    seed: Optional[int],
+    sets: List[str],
+    as_json: bool,
+) -> None:
+    from ..errors import require
+
+    require("torch", "train")
+    from deepmine.training.recipe import load_recipe, parse_set
+    from deepmine.training.trainer import train
+
+    overrides = dict(parse_set(s) for s in sets)
+    if seed is not None:
+        overrides["seed"] = int(seed)
+    recipe = load_recipe(config, overrides)
+    if recipe.model["name"].lower() != architecture:
+        raise InputError(
+            f"{config}: the recipe trains {recipe.model['name']!r}, not {architecture!r}; "
+            f"use `deepmine train {recipe.model['name']}` or another recipe"
+        )
+    if not as_json:
+        phases = ", ".join(f"{p['name']} ({p['epochs']} epochs)" for p in recipe.phases)
+        err_console.print(f"training {architecture} with recipe {recipe.name!r}: {phases} → {out}")
+    result = train(
+        recipe, [str(p) for p in positives], [str(p) for p in negatives], out,
+        extra_positives=[str(p) for p in extra_positives] or None,
+        extra_negatives=[str(p) for p in extra_negatives] or None,
+        resume=resume, device=device, amp=amp, plot=plot,
+    )  # fmt: skip
+    summary = {
+        "model": str(result.model_path),
+        "checkpoint": str(result.checkpoint_path),
+        "history": str(result.out_dir / "history.csv"),
+        "epochs": len(result.history),
+        "heldout": result.heldout,
+    }
+    if result.plot_path is not None:
+        summary["plot"] = str(result.plot_path)
+    if as_json:
+        import json
+
+        print(json.dumps(summary))
+        return
+    h = result.heldout
+    out_console.print(
+        f"held-out ranking performance {h.get('ranking_performance', float('nan')):.4f}, "
+        f"accuracy {h.get('accuracy', float('nan')):.4f} ({h.get('n_positives', 0)} positives, "
+        f"{h.get('n_negatives', 0)} negatives)"
+    )
+    for key in ("model", "checkpoint", "history", "plot"):
+        if key in summary:
+            out_console.print(f"wrote {key:<10} {summary[key]}")
+
+
+def _command(architecture: str):
+    def command(
+        config: str = typer.Argument(..., help=CONFIG_HELP, show_default=False),
+        positives: List[Path] = typer.Option(
+            ..., "--positives", "-p", help="Positive cutouts (.npy or FITS, N×C×H×W; uint8 or float). Repeatable.",
+            show_default=False,
+        ),
+        negatives: List[Path] = typer.Option(
+            ..., "--negatives", "-n", help="Negative pool cutouts, same formats. Repeatable.", show_default=False
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, history.csv, model.pt).",
+                                 show_default=False),  # fmt: skip
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped (bit-for-bit)."),
+        device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+        amp: bool = typer.Option(False, "--amp", help="Automatic mixed precision (CUDA only)."),
+        plot: bool = typer.Option(False, "--plot", help="Write curves.png: loss, accuracy and RP per epoch."),
+        extra_negatives: List[Path] = typer.Option(
+            [], "--extra-negatives", help="Inspected false positives, added as negatives by phases that ask "
+            "for them (LensFlow phases 2-3). Repeatable.",
+        ),
+        extra_positives: List[Path] = typer.Option(
+            [], "--extra-positives", help="Tracers added as positives by phases that ask for them (LensFlow "
+            "phase 3). Repeatable.",
+        ),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
+        sets: List[str] = typer.Option(
+            [], "--set", help="Override a recipe value: KEY=VALUE with dotted keys, e.g. optimizer.lr=0.01, "
+            "epochs=5 (every phase), phase.coarse.epochs=3. Repeatable.",
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        _run(architecture, config, positives, negatives, out, resume, device, amp, plot, extra_negatives,
+             extra_positives, seed, sets, as_json)  # fmt: skip
+
+    command.__doc__ = {
+        "lensflow": "Train LensFlow (seed 2.3-2.6): 1×100×100 single-band cutouts, histogram matching, "
+        "Adam, balanced 64+64 batches, phases 0 (pre-training) to 3 (search).",
+        "eznet": "Train EZnet (seed 4.5-4.6): block-table ConvNet on 3×64×64 cutouts, percentile "
+        "normalisation, SGD Nesterov with step LR, negative learning.",
+    }[architecture]
+    return command
+
+
+for _name in ("lensflow", "eznet"):
+    train_app.command(_name)(_command(_name))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,351 @@
+"""Scan survey inputs with an exported classifier: catalogue, top candidates, mosaic.
+
+::
+
+    result = scan(["cutouts.npy"], "eznet.onnx", "candidates.fits", top=0.005, mosaic="top.png")
+
+Steps: load the model once (:func:`~deepmine.inference.model.get_model`), describe the inputs
+(:func:`~deepmine.inference.readers.resolve_inputs`, checked against the model), cut them into
+shards (:func:`~deepmine.inference.shards.plan_shards`), score every shard not yet complete
+with :func:`~deepmine.inference.shards.run_shard` (reading + preprocessing in a background
+thread, onnxruntime in the foreground, fixed batches), merge the part files
+(:func:`~deepmine.inference.shards.merge_parts`: ordinality within the scan, and against a
+reference pool when given), write the catalogue atomically in each format, then the top
+candidates and their mosaic.
+
+Part files live in ``<catalogue stem>.parts/`` next to the catalogue, with ``plan.json`` (the
+model hash, inputs and shard size). ``resume=True`` keeps completed shards (after any
+interruption, kill -9 included) when the plan matches; without it an existing parts folder is
+an error (so an interrupted scan's work is never thrown away silently). The folder is removed
+once the catalogue is written.
+
+Distributed execution: ``executor`` maps the shard function over the shards elsewhere (the
+Dask backend). It is called as ``executor(fn, shards)`` where ``fn(shard) -> Path`` is
+``functools.partial(run_shard, model_path, out_dir=..., batch_size=..., threads=...,
+device=..., keep_going=...)`` (picklable), and must return an iterable of
+``(shard, part path or exception)`` in any order. The default runs the shards here in order.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import InputError, file_error
+
+__all__ = ["scan", "ScanResult", "select_top", "mosaic_of", "parts_dir"]
+
+DEFAULT_TOP_FRACTION = 0.005  # the seed inspects ordinality > 0.995
+MOSAIC_MAX = 64
+
+
+@dataclass
+class ScanResult:
+    """What a scan produced.
+
+    Attributes
+    ----------
+    catalog : Path of the first catalogue format written; ``catalogs`` maps format → path
+    n_objects : rows in the catalogue
+    skipped : [(path, reason)] of unreadable inputs skipped with ``keep_going``
+    provider : onnxruntime provider actually used
+    seconds : wall-clock time of the whole scan; ``rate`` objects per second
+    top : Path of the top-candidate catalogue (ECSV) or None; ``n_top`` its rows
+    mosaic : Path of the mosaic PNG or None
+    n_shards, n_resumed : shards in the plan, and those found complete (``resume``)
+    table : the catalogue (astropy Table)
+    """
+
+    catalog: Path
+    catalogs: dict
+    n_objects: int
+    skipped: list
+    provider: str
+    seconds: float
+    rate: float
+    top: Path | None = None
+    n_top: int = 0
+    mosaic: Path | None = None
+    n_shards: int = 0
+    n_resumed: int = 0
+    table: object = field(default=None, repr=False)
+
+
+def parts_dir(out: str | os.PathLike) -> Path:
+    """The folder of a scan's part files: ``<out without suffix>.parts``."""
+    p = Path(out)
+    return p.with_name((p.stem if p.suffix else p.name) + ".parts")
+
+
+def _plan_record(model, specs, shard_size, n_shards) -> dict:
+    return {"model_sha256": model.sha256, "inputs": [s.to_dict() for s in specs], "shard_size": int(shard_size),
+            "n_shards": n_shards}
+
+
+def _prepare_parts(folder: Path, plan: dict, resume: bool) -> None:
+    plan_file = folder / "plan.json"
+    if folder.exists() and any(folder.iterdir()):
+        if not resume:
+            done = len(list(folder.glob("part-*.done")))
+            raise file_error(folder, f"an interrupted scan left {done} completed shard(s) here; pass --resume to "
+                             "continue it, or delete the folder to start over")
+        try:
+            old = json.loads(plan_file.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != json.loads(json.dumps(plan)):
+            raise file_error(folder, "cannot resume: this folder belongs to a scan with a different model, inputs "
+                             "or --shard-size; rerun with the same ones, or delete the folder to start over")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    from .atomic import atomic_open
+
+    with atomic_open(plan_file) as fh:
+        json.dump(plan, fh)
+
+
+def _local_executor(fn: Callable, shards: Sequence) -> Iterable:
+    for shard in shards:
+        try:
+            yield shard, fn(shard)
+        except InputError as exc:
+            yield shard, exc
+
+
+def select_top(table, top: float | int | None, *, column: str | None = None):
+    """Rows of the top candidates, best first.
+
+    ``top`` < 1 is a fraction (ordinality > 1 − top, against the reference pool when the table
+    has ``ordinality_ref``); ``top`` ≥ 1 a count of the highest logits. Rows with NaN scores or
+    the BLANK flag (no signal, meaningless score) are never selected.
+    """
+    from .readers import FLAG_BLANK
+
+    if top is None:
+        top = DEFAULT_TOP_FRACTION
+    col = column or ("ordinality_ref" if "ordinality_ref" in table.colnames else "ordinality")
+    logit = np.asarray(table["logit"], dtype=np.float64)
+    finite = np.isfinite(logit) & ((np.asarray(table["flags"]) & FLAG_BLANK) == 0)
+    if isinstance(top, float) and top < 1:
+        if not 0 < top < 1:
+            raise InputError(f"--top: a fraction must be in (0, 1), got {top}")
+        keep = finite & (np.asarray(table[col]) > 1.0 - top)
+        rows = np.flatnonzero(keep)
+    else:
+        rows = np.flatnonzero(finite)
+    rows = rows[np.argsort(-logit[rows], kind="stable")]
+    if not (isinstance(top, float) and top < 1):
+        rows = rows[: int(top)]
+    return table[rows]
+
+
+def mosaic_of(top, specs, metadata, path, *, max_cutouts: int = MOSAIC_MAX, ncols: int = 8,
+              stretch: str = "percentile") -> Path:
+    """Write the mosaic of the first ``max_cutouts`` rows of ``top`` (needs ``spec_index``)."""
+    from .mosaic import write_mosaic
+    from .readers import read_block
+
+    rows = top[:max_cutouts]
+    if len(rows) == 0:
+        raise InputError("--mosaic: no candidates above the --top cut to draw")
+    images, labels = [], []
+    rank_col = "ordinality_ref" if "ordinality_ref" in rows.colnames else "ordinality"
+    for k, row in enumerate(rows):
+        spec = specs[int(row["spec_index"])]
+        if spec.kind == "fits_dir":
+            i = spec.paths.index(str(row["source"]))
+        else:
+            i = int(row["index"])
+        block = read_block(spec, i, i + 1, metadata)
+        images.append(block.images[0])
+        where = Path(str(row["source"])).name
+        if spec.kind != "fits_dir":
+            where += f"[{int(row['index'])}]"
+        labels.append(f"#{k + 1}  id {int(row['id'])}  flags {int(row['flags'])}\n"
+                      f"logit {float(row['logit']):.3f}  ord {float(row[rank_col]):.5f}\n{where[-22:]}")
+    title = f"top {len(rows)} of {len(top)} candidates (ranked by logit; {rank_col})"
+    return write_mosaic(images, labels, path, ncols=ncols, bands=metadata.bands, stretch=stretch, title=title)
+
+
+def scan(
+    inputs,
+    model_path,
+    out,
+    *,
+    batch_size: int = 256,
+    threads: int | None = None,
+    device: str = "auto",
+    shard_size: int | None = None,
+    resume: bool = False,
+    reference=None,
+    top: float | int | None = None,
+    mosaic: str | os.PathLike | None = None,
+    keep_going: bool = False,
+    progress: bool = True,
+    formats: list[str] | None = None,
+    catalog: str | os.PathLike | None = None,
+    ra_col: str | None = None,
+    dec_col: str | None = None,
+    x_col: str | None = None,
+    y_col: str | None = None,
+    tile: int | None = None,
+    stride: int | None = None,
+    executor: Callable | None = None,
+    stretch: str = "percentile",
+) -> ScanResult:
+    """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
+
+    Parameters
+    ----------
+    inputs : path or list of paths (see :mod:`deepmine.inference.readers`)
+    model_path : exported classifier (.onnx); None for the bundled model
+    out : catalogue path; its suffix is replaced per format (``x.fits`` → ``x.fits``, ``x.ecsv``...)
+    batch_size : objects per onnxruntime call (fixed; the last batch is padded)
+    threads : onnxruntime intra-op threads (None: one per core)
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``
+    shard_size : objects per shard / part file (default 16 batches)
+    resume : keep shards completed by an interrupted run of the same scan
+    reference : :class:`~deepmine.inference.pool.ReferencePool` or its path → ``ordinality_ref``
+    top : fraction (< 1) or count (≥ 1) of top candidates to write to ``<stem>_top.ecsv``;
+        with ``mosaic`` and no ``top``, the seed's cut (ordinality > 0.995)
+    mosaic : PNG path for the labelled grid of the top candidates (at most 64)
+    keep_going : skip unreadable inputs and cutouts (listed in the result and the catalogue)
+    progress : show a progress bar (stderr)
+    formats : catalogue formats (default fits, ecsv, and parquet with pyarrow)
+    catalog, ra_col, dec_col, x_col, y_col : survey scan around catalogued sources
+    tile, stride : sliding-tile scan of survey images
+    executor : where shards run (see the module docstring); None runs them here
+    stretch : mosaic stretch (``"percentile"`` or ``"asinh"``)
+    """
+    from . import __version__
+    from .atomic import check_writable
+    from .catalog import catalog_paths, parse_formats, write_catalog
+    from .model import get_model
+    from .pool import ReferencePool
+    from .readers import FLAG_BITS, resolve_inputs
+    from .shards import merge_parts, part_paths, plan_shards, run_shard, shard_done
+
+    t0 = time.perf_counter()
+    fmts = parse_formats(None) if formats is None else formats
+    out_paths = catalog_paths(out, fmts)
+    for p in out_paths.values():
+        check_writable(p)
+    if mosaic is not None:
+        check_writable(mosaic)
+    pool = None
+    if reference is not None:
+        pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
+    model = get_model(model_path, device, threads)
+    b = model.batch_size(batch_size)
+    if shard_size is None:
+        shard_size = 16 * b
+    specs, skipped = resolve_inputs(inputs, model.metadata, catalog=catalog, ra_col=ra_col, dec_col=dec_col,
+                                    x_col=x_col, y_col=y_col, tile=tile, stride=stride, keep_going=keep_going)
+    if not specs:
+        raise InputError("INPUT: nothing to scan (every input was skipped: "
+                         + "; ".join(r for _, r in skipped) + ")")
+    shards = plan_shards(specs, shard_size)
+    folder = parts_dir(next(iter(out_paths.values())))
+    _prepare_parts(folder, _plan_record(model, specs, shard_size, len(shards)), resume)
+    n_resumed = sum(shard_done(s, folder) for s in shards)
+    total = sum(s.n for s in shards)
+
+    bar = None
+    if progress:
+        from .cli.common import progress as make_progress
+
+        bar = make_progress()
+        bar.start()
+        tid = bar.add_task("scanning", total=total, rate="")
+        t_bar = time.perf_counter()
+        done_n = [0]
+
+        def advance(k: int) -> None:
+            done_n[0] += k
+            rate = done_n[0] / max(time.perf_counter() - t_bar, 1e-9)
+            bar.update(tid, advance=k, rate=f"{rate:,.0f}/s")
+    else:
+        advance = None
+
+    fn = functools.partial(run_shard, model_path if model_path is None else str(model.path), out_dir=folder,
+                           batch_size=b, threads=threads, device=device, keep_going=keep_going)
+    parts = []
+    try:
+        if executor is None:
+            fn_local = functools.partial(fn, progress=advance)
+            results = _local_executor(fn_local, shards)
+        else:
+            results = executor(fn, shards)
+        for shard, res in results:
+            if isinstance(res, BaseException):
+                if not (keep_going and isinstance(res, InputError)):
+                    raise res
+                skipped.append((shard.spec.name, str(res)))
+                continue
+            parts.append(res)
+            if executor is not None and advance is not None:
+                advance(shard.n)
+    finally:
+        if bar is not None:
+            bar.stop()
+    parts = sorted(parts, key=lambda p: p.name)
+    table = merge_parts(parts, reference=pool, with_spec_index=True)
+    seen = set()
+    for item in list(table.meta.pop("skipped", [])) + [list(s) for s in skipped]:
+        if tuple(item) not in seen:
+            seen.add(tuple(item))
+    skipped = [list(s) for s in seen]
+    skipped.sort()
+    spec_index = np.asarray(table["spec_index"])
+    table.remove_column("spec_index")
+    seconds = time.perf_counter() - t0
+    table.meta.update({
+        "DM_MODEL": str(model.path),
+        "DM_SHA": model.sha256,
+        "DM_META": json.loads(model.metadata.to_json()),
+        "DM_VERS": __version__,
+        "DM_INPUT": [s.to_dict() for s in specs],
+        "DM_PROV": model.provider,
+        "DM_BATCH": int(b),
+        "DM_THRD": -1 if threads is None else int(threads),
+        "DATE": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "DM_NOBJ": len(table),
+        "DM_SKIP": skipped,
+        "DM_FLAGS": {k: v[0] for k, v in FLAG_BITS.items()},
+    })
+    if pool is not None:
+        table.meta["DM_REF"] = str(reference) if not isinstance(reference, ReferencePool) else "in-memory pool"
+    written = write_catalog(table, out, fmts)
+    result = ScanResult(catalog=next(iter(written.values())), catalogs=written, n_objects=len(table),
+                        skipped=skipped, provider=model.provider, seconds=seconds,
+                        rate=total / seconds if seconds > 0 else float("nan"), n_shards=len(shards),
+                        n_resumed=n_resumed, table=table)
+    # every part is now in the catalogue: the parts folder can go
+    for shard in shards:
+        for p in part_paths(shard, folder):
+            p.unlink(missing_ok=True)
+    (folder / "plan.json").unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+    if top is not None or mosaic is not None:
+        work = table.copy(copy_data=False)
+        work["spec_index"] = spec_index
+        chosen = select_top(work, top)
+        stem = next(iter(written.values()))
+        top_path = stem.with_name(stem.stem + "_top.ecsv")
+        out_top = chosen.copy()
+        out_top.remove_column("spec_index")
+        write_catalog(out_top, top_path, ["ecsv"])
+        result.top, result.n_top = top_path, len(chosen)
+        if mosaic is not None:
+            result.mosaic = mosaic_of(chosen, specs, model.metadata, mosaic, stretch=stretch)
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,289 @@
+"""Shards: the unit of work of a scan, on one machine or many.
+
+Contract (the Dask backend uses exactly these)::
+
+    shards = plan_shards(specs, shard_size)            # list[Shard]; inputs by reference only
+    part = run_shard(model_path, shard, out_dir, batch_size=256, threads=None, device="auto")
+    table = merge_parts(parts, reference=None)         # astropy Table, catalogue columns
+
+:func:`run_shard` is a plain, picklable module-level function. It reads the shard's objects
+(:func:`~deepmine.inference.readers.read_block`), preprocesses and scores them with the
+process's cached onnxruntime session (:func:`~deepmine.inference.model.get_model`), reading
+and preprocessing the next batch in a background thread while onnxruntime runs the current
+one, and writes ``part-<id>.npz`` and then the completion marker ``part-<id>.done`` (JSON:
+the shard's key and its row count), each atomically. A shard whose marker exists and matches
+is complete; anything else is redone. So after a kill -9 a resumed scan redoes only the
+shards without a marker, and no object is lost or counted twice (:func:`merge_parts` refuses
+duplicate ids).
+
+Part file arrays: ``id`` int64, ``source_idx`` int32 into ``sources`` (str), ``index`` int64,
+``ra``/``dec``/``x``/``y`` float64, ``logit``/``probability`` float32, ``flags`` int32,
+``spec_index`` int32, ``skipped`` (str, k×2: path, reason).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError, file_error
+from .readers import FLAG_SCORE_NONFINITE, SourceSpec, read_block
+
+__all__ = ["Shard", "plan_shards", "run_shard", "merge_parts", "shard_done", "part_paths",
+           "DEFAULT_SHARD_SIZE", "CATALOG_COLUMNS"]
+
+DEFAULT_SHARD_SIZE = 4096
+#: The catalogue columns, in order (``ordinality_ref`` only with a reference pool).
+CATALOG_COLUMNS = ("id", "source", "index", "ra", "dec", "x", "y", "logit", "probability", "ordinality",
+                   "ordinality_ref", "flags")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Objects ``start:stop`` of input ``spec`` (number ``spec_index`` of the scan), whose
+    catalogue ids are ``first_id .. first_id + (stop - start) - 1``. Holds no pixels."""
+
+    shard_id: int
+    spec_index: int
+    spec: SourceSpec
+    start: int
+    stop: int
+    first_id: int
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def key(self) -> str:
+        """Identity of this shard's work, written into its completion marker."""
+        return json.dumps({"shard": self.shard_id, "input": self.spec.name, "kind": self.spec.kind,
+                           "start": self.start, "stop": self.stop, "first_id": self.first_id}, sort_keys=True)
+
+    @property
+    def stem(self) -> str:
+        return f"part-{self.shard_id:06d}"
+
+
+def plan_shards(inputs: Iterable[SourceSpec], shard_size: int = DEFAULT_SHARD_SIZE) -> list[Shard]:
+    """Cut inputs into shards of at most ``shard_size`` objects (a shard never spans inputs)."""
+    if int(shard_size) < 1:
+        raise InputError(f"--shard-size: must be at least 1, got {shard_size}")
+    shards, first_id = [], 0
+    for k, spec in enumerate(inputs):
+        for start in range(0, spec.n, int(shard_size)):
+            stop = min(start + int(shard_size), spec.n)
+            shards.append(Shard(len(shards), k, spec, start, stop, first_id + start))
+        first_id += spec.n
+    return shards
+
+
+def part_paths(shard: Shard, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """(part file, completion marker) of a shard."""
+    d = Path(out_dir)
+    return d / f"{shard.stem}.npz", d / f"{shard.stem}.done"
+
+
+def shard_done(shard: Shard, out_dir: str | os.PathLike) -> bool:
+    """True when the shard's part file and a matching completion marker exist."""
+    part, marker = part_paths(shard, out_dir)
+    if not (part.is_file() and marker.is_file()):
+        return False
+    try:
+        return json.loads(marker.read_text()).get("key") == shard.key
+    except (OSError, ValueError):
+        return False
+
+
+_STOP = object()
+
+
+def _producer(model, shard: Shard, batch: int, keep_going: bool, q: queue.Queue, stop: threading.Event) -> None:
+    try:
+        for s in range(shard.start, shard.stop, batch):
+            if stop.is_set():
+                return
+            e = min(s + batch, shard.stop)
+            block = read_block(shard.spec, s, e, model.metadata, keep_going=keep_going)
+            x = model.prepare(block.images)
+            q.put((s, block, x))
+        q.put(_STOP)
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+        q.put(exc)
+
+
+def run_shard(
+    model_path,
+    shard: Shard,
+    out_dir,
+    *,
+    batch_size: int = 256,
+    threads: int | None = None,
+    device: str = "auto",
+    keep_going: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Score one shard and write its part file and completion marker (atomically); return the part.
+
+    Parameters
+    ----------
+    model_path : exported classifier (.onnx), or None for the bundled model
+    shard : from :func:`plan_shards`
+    out_dir : folder of the part files (created if missing)
+    batch_size, threads, device : see :func:`deepmine.inference.model.load_model`
+    keep_going : skip unreadable cutout files (listed in the part) instead of failing
+    progress : called with the number of objects done after every batch
+
+    A shard already complete in ``out_dir`` is not redone.
+    """
+    from .model import get_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    part, marker = part_paths(shard, out)
+    if shard_done(shard, out):
+        if progress is not None:
+            progress(shard.n)
+        return part
+    model = get_model(model_path, device, threads)
+    b = model.batch_size(batch_size)
+    n = shard.n
+    ids = np.arange(shard.first_id, shard.first_id + n, dtype=np.int64)
+    logit = np.full(n, np.nan, np.float32)
+    prob = np.full(n, np.nan, np.float32)
+    flags = np.zeros(n, np.int32)
+    index = np.zeros(n, np.int64)
+    pos = {k: np.full(n, np.nan) for k in ("ra", "dec", "x", "y")}
+    valid = np.ones(n, bool)
+    sources: list[str] = []
+    source_of: dict[str, int] = {}
+    source_idx = np.zeros(n, np.int32)
+    skipped: list[tuple[str, str]] = []
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    worker = threading.Thread(target=_producer, args=(model, shard, b, keep_going, q, stop), daemon=True,
+                              name=f"deepmine-read-{shard.shard_id}")
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _STOP:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            s, block, x = item
+            lo, pr = model.run_prepared(x, b)
+            sl = slice(s - shard.start, s - shard.start + lo.shape[0])
+            logit[sl], prob[sl] = lo, pr
+            flags[sl] = block.flags
+            index[sl] = block.index
+            for k in pos:
+                pos[k][sl] = getattr(block, k)
+            valid[sl] = block.valid
+            for j, name in enumerate(block.source):
+                if name not in source_of:
+                    source_of[name] = len(sources)
+                    sources.append(name)
+                source_idx[sl.start + j] = source_of[name]
+            skipped.extend(block.skipped)
+            if progress is not None:
+                progress(lo.shape[0])
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(0.05)
+    bad = ~np.isfinite(logit)
+    flags[bad] |= FLAG_SCORE_NONFINITE
+    arrays = {
+        "id": ids[valid], "source_idx": source_idx[valid], "index": index[valid],
+        "ra": pos["ra"][valid], "dec": pos["dec"][valid], "x": pos["x"][valid], "y": pos["y"][valid],
+        "logit": logit[valid], "probability": prob[valid], "flags": flags[valid],
+        "spec_index": np.full(int(valid.sum()), shard.spec_index, np.int32),
+        "sources": np.array(sources if sources else [""], dtype=str),
+        "skipped": np.array(skipped, dtype=str).reshape(-1, 2),
+    }
+    with atomic_path(part, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    with atomic_path(marker, suffix=".done") as tmp:
+        tmp.write_text(json.dumps({"key": shard.key, "rows": int(valid.sum()), "skipped": len(skipped)}))
+    return part
+
+
+def _load_part(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
+        raise file_error(path, f"damaged part file ({exc}); delete it and its .done marker, then --resume") from None
+
+
+def merge_parts(parts: Iterable[str | os.PathLike], *, reference=None, with_spec_index: bool = False):
+    """Concatenate part files into the catalogue Table, sorted by id.
+
+    Computes ``ordinality`` (within the scan, from the logit; rows with a NaN/inf logit get NaN)
+    and, with ``reference`` (a :class:`~deepmine.inference.pool.ReferencePool` or a path to
+    one), ``ordinality_ref``. Refuses duplicate ids. Skipped files are in
+    ``table.meta["skipped"]``. ``with_spec_index`` keeps the internal ``spec_index`` column
+    (which input each row came from) for re-reading cutouts.
+    """
+    from astropy.table import Table
+
+    from .pool import ReferencePool
+    from .ranking import ordinality
+
+    cols: dict[str, list] = {k: [] for k in ("id", "index", "ra", "dec", "x", "y", "logit", "probability",
+                                             "flags", "spec_index")}
+    source: list[np.ndarray] = []
+    skipped: list[list[str]] = []
+    for p in parts:
+        d = _load_part(Path(p))
+        for k in cols:
+            cols[k].append(d[k])
+        source.append(d["sources"][d["source_idx"]] if d["id"].size else np.array([], dtype=str))
+        skipped.extend([list(r) for r in d["skipped"]])
+    cat = {k: (np.concatenate(v) if v else np.array([])) for k, v in cols.items()}
+    src = np.concatenate(source) if source else np.array([], dtype=str)
+    order = np.argsort(cat["id"], kind="stable")
+    cat = {k: v[order] for k, v in cat.items()}
+    src = src[order]
+    if cat["id"].size > 1 and np.any(np.diff(cat["id"]) == 0):
+        dup = cat["id"][1:][np.diff(cat["id"]) == 0][0]
+        raise InputError(f"merge: object id {dup} appears in more than one part file (parts from different scans?)")
+    n = cat["id"].size
+    logit = cat["logit"].astype(np.float32)
+    finite = np.isfinite(logit)
+    ordn = np.full(n, np.nan)
+    if finite.any():
+        ordn[finite] = ordinality(logit[finite])
+    table = Table()
+    table["id"] = cat["id"].astype(np.int64)
+    table["source"] = src.astype(str)
+    table["index"] = cat["index"].astype(np.int64)
+    for k in ("ra", "dec", "x", "y"):
+        table[k] = cat[k].astype(np.float64)
+    table["logit"] = logit
+    table["probability"] = cat["probability"].astype(np.float32)
+    table["ordinality"] = ordn
+    if reference is not None:
+        pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
+        oref = np.full(n, np.nan)
+        if finite.any():
+            oref[finite] = pool.ordinality(logit[finite])
+        table["ordinality_ref"] = oref
+    table["flags"] = cat["flags"].astype(np.int32)
+    if with_spec_index:
+        table["spec_index"] = cat["spec_index"].astype(np.int32)
+    table.meta["skipped"] = skipped
+    return table

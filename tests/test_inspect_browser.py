@@ -1,0 +1,136 @@
+"""End-to-end: grade candidates with the keyboard in headless Chromium, reload, check the saved table.
+
+Needs Debian's ``chromium`` (``/usr/bin/chromium``, or ``DEEPMINE_CHROMIUM``) and the Python
+``playwright`` package (its own browser download is not used); skipped when either is missing.
+Set ``DEEPMINE_SCREENSHOTS=folder`` to keep the screenshots.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from astropy.table import Table
+
+from deepmine.inference.inspect_app import InspectSession, make_server, serve_in_thread, server_url
+from test_inspect_core import make_scan
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = os.environ.get("DEEPMINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="chromium not installed (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def served(tmp_path):
+    cat = make_scan(tmp_path, n=120, sources=2)
+    session = InspectSession(cat, top=60, grader="ann")
+    srv = make_server(session, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    yield session, server_url(srv)
+    srv.shutdown()
+    srv.server_close()
+
+
+def _wait(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
+
+
+def _shot(page, tmp_path, name):
+    folder = Path(os.environ.get("DEEPMINE_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name))
+    return folder / name
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    return page, errors
+
+
+def test_grade_with_keys_reload_and_resume(browser, served, tmp_path):
+    session, url = served
+    page, errors = _open(browser, url)
+    assert page.locator(".tile").count() == 48          # one page of the grid
+    assert page.locator("#tile-0.current").count() == 1
+    # every image on the page loaded (none broken)
+    _wait(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+    for key in "anx":
+        page.keyboard.press(key)
+    _wait(lambda: len(session.log.actions) == 3)
+    page.keyboard.press("u")                        # undo the X of rank 2; the cursor goes back to it
+    _wait(lambda: len(session.log.actions) == 4)
+    _wait(lambda: page.locator("#tile-2.current").count() == 1)
+    page.keyboard.press("b")
+    _wait(lambda: len(session.log.actions) == 5)
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowRight")               # on rank 4; rank 3 is still ungraded
+    _wait(lambda: page.locator("#tile-4.current").count() == 1)
+    _wait(lambda: "graded 3 / 60 by ann" in page.inner_text("#progress-text"))
+    assert page.inner_text("#tile-0 .badge") == "A" and page.inner_text("#tile-2 .badge") == "B"
+    _shot(page, tmp_path, "inspect-grading.png")
+
+    saved = Table.read(session.grades_path, format="ascii.ecsv")
+    assert list(saved["grade"]) == ["A", "N", "X", "undo", "B"]
+    assert set(saved["grader"]) == {"ann"}
+    top_ids = list(session.rows["id"][:3])
+    assert list(saved["id"]) == [top_ids[0], top_ids[1], top_ids[2], top_ids[2], top_ids[2]]
+
+    page.reload()                                   # a closed browser loses nothing; grading resumes
+    page.wait_for_selector("body[data-ready='1']", timeout=15000)
+    assert page.locator("#tile-3.current").count() == 1
+    assert "graded 3 / 60 by ann" in page.inner_text("#progress-text")
+    assert page.inner_text("#tile-1 .badge") == "N"
+    assert not errors, errors
+
+
+def test_second_grader_stretch_and_zoom(browser, served, tmp_path):
+    session, url = served
+    session.grade(0, "A", "ann")
+    page, errors = _open(browser, url)
+    page.fill("#grader", "bob")
+    page.keyboard.press("Enter")                    # Enter leaves the field, which applies the name
+    _wait(lambda: "graded 0 / 60 by bob" in page.inner_text("#progress-text"))
+    _wait(lambda: page.locator("#tile-0.current").count() == 1)     # bob starts at the top
+    _wait(lambda: "ann:A" in page.inner_text("#tile-0 .others"))
+    page.keyboard.press("c")
+    _wait(lambda: session.log.grades_of(int(session.rows["id"][0])) == {"ann": "A", "bob": "C"})
+    # zoom view: RGB and the three bands, labelled; the stretch reaches the server
+    assert [f.inner_text() for f in page.locator("#zoom-bands figcaption").all()] == ["i", "r", "g"]
+    page.keyboard.press("s")
+    _wait(lambda: "stretch=asinh" in page.get_attribute("#zoom-rgb", "src"))
+    _wait(lambda: page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+    page.keyboard.press("?")
+    assert page.locator("#help").is_visible()
+    shot = _shot(page, tmp_path, "inspect-help-asinh.png")
+    assert shot.stat().st_size > 10_000
+    page.keyboard.press("Escape")
+    page.keyboard.press("End")                      # the last candidate is on page 2
+    _wait(lambda: page.locator("#tile-59.current").count() == 1)
+    assert "page 2 / 2 · candidate 60 / 60" in page.inner_text("#page-text")
+    assert page.locator(".tile").count() == 12
+    page.keyboard.press("PageUp")
+    _wait(lambda: page.locator("#tile-11.current").count() == 1)
+    assert not errors, errors

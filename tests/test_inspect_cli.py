@@ -1,0 +1,110 @@
+"""`deepmine inspect CATALOG` / `deepmine inspect serve` / `deepmine inspect export` from the command line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from test_inspect_core import make_scan
+
+
+def _serve(args, cwd):
+    """Start `deepmine inspect ...` in a subprocess; return (process, url)."""
+    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1", COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-m", "deepmine.inference.cli", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    if not line.startswith("open http"):
+        proc.kill()
+        raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read()}")
+    return proc, line.split()[1]
+
+
+def _post(url, body):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _state(url, grader):
+    with urllib.request.urlopen(f"{url}api/state?grader={grader}", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_help_lists_serve_and_export(cli):
+    rc, out, _ = cli("inspect", "--help")
+    assert rc == 0 and "serve" in out and "export" in out
+    rc, out, _ = cli("inspect", "export", "--help")
+    assert rc == 0 and "--negatives" in out and "--lenses" in out
+
+
+def test_killed_server_loses_nothing_and_restart_resumes(tmp_path):
+    cat = make_scan(tmp_path, n=60)
+    proc, url = _serve(["inspect", cat, "--port", "0", "--no-browser", "--top", "10", "--grader", "ann"], tmp_path)
+    try:
+        assert _state(url, "ann")["total"] == 10
+        for rank, g in enumerate("ANXB"):
+            _post(url + "api/grade", {"rank": rank, "grade": g, "grader": "ann"})
+    finally:
+        proc.send_signal(signal.SIGKILL)   # no chance to clean up
+        proc.wait(10)
+    saved = Table.read(tmp_path / "scan.grades.ecsv", format="ascii.ecsv")
+    assert list(saved["grade"]) == list("ANXB") and set(saved["grader"]) == {"ann"}
+    # the shortcut and the explicit sub-command serve the same session; grading resumes at rank 4
+    proc, url = _serve(["inspect", "serve", "scan.fits", "--port", "0", "--no-browser", "--top", "10"], tmp_path)
+    try:
+        state = _state(url, "ann")
+        assert state["graded"] == 4 and state["first_ungraded"] == 4 and state["graders"] == ["ann"]
+        assert _post(url + "api/undo", {"grader": "ann"})["rank"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)    # Ctrl-C: a normal stop
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "stopped; 5 grading actions" in err.replace("\n", " ")
+
+
+def test_serve_errors_are_one_line(cli, tmp_path):
+    cat = make_scan(tmp_path, n=20)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc, _, err = cli("inspect", cat, "--port", port, "--no-browser")
+    assert rc == 2 and err.strip() == (f"deepmine inspect: error: --port {port}: port already in use on 127.0.0.1; "
+                                       "choose another (--port 0 picks a free one)")
+    np.save(tmp_path / "short.npy", np.zeros((3, 3, 8, 8), np.uint8))
+    for args, needle in (([tmp_path / "nope.fits"], "catalogue not found"),
+                         ([cat, "--cutouts", tmp_path / "short.npy"], "which holds 3 cutouts"),
+                         ([cat, "--top", "-3"], "--top"),
+                         ([cat, "--cutouts", tmp_path / "missing.npy"], "missing.npy: cutout stack not found")):
+        rc, _, err = cli("inspect", *args, "--no-browser", "--port", "0")
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_export_command_closes_the_loop(cli, tmp_path):
+    from deepmine.inference.inspect_app import InspectSession
+
+    cat = make_scan(tmp_path, n=30)
+    s = InspectSession(cat, top=6, grader="ann")
+    for rank, g in enumerate("ANXCNB"):
+        s.grade(rank, g, "ann")
+    s.grade(0, "N", "bob")
+    rc, out, err = cli("inspect", "export", s.grades_path, "--negatives", tmp_path / "fp.npy",
+                       "--lenses", tmp_path / "found.npy")
+    assert rc == 0, err
+    assert "wrote 3 false positives" in out and "wrote 1 lenses" in out   # rank 0: A vs N → undecided
+    assert np.load(tmp_path / "fp.npy").shape == (3, 3, 32, 32)
+    rc, out, err = cli("inspect", "export", s.grades_path, "--lenses", tmp_path / "ann.npy", "--grader", "ann",
+                       "--include-c")
+    assert rc == 0 and "wrote 3 lenses" in out
+    rc, _, err = cli("inspect", "export", s.grades_path)
+    assert rc == 2 and "--negatives and/or --lenses" in err
+    rc, _, err = cli("inspect", "export", tmp_path / "nope.ecsv", "--negatives", tmp_path / "x.npy")
+    assert rc == 2 and "grades file not found" in err

@@ -1,0 +1,337 @@
+"""deepmine inspect: catalogue/cutout checks, the grading log, the HTTP API and export (no browser)."""
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from deepmine.inference.catalog import write_catalog
+from deepmine.inference.errors import InputError
+from deepmine.inference.inspect_app import InspectSession, default_grades_path, make_server, serve_in_thread, server_url
+from deepmine.inference.inspect_cutouts import read_catalog, select_top, top_count
+from deepmine.inference.inspect_export import export_grades, rows_path
+from deepmine.inference.inspect_grades import GradeLog, combine_grades, read_actions
+
+
+def make_cutouts(n: int, size: int = 32, seed: int = 0, dtype=np.uint8) -> np.ndarray:
+    """n synthetic i, r, g cutouts: an elliptical galaxy, every third one with a blue ring (arc)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    out = np.empty((n, 3, size, size), np.float32)
+    for k in range(n):
+        q, phi = rng.uniform(0.5, 1), rng.uniform(0, np.pi)
+        u = xx * np.cos(phi) + yy * np.sin(phi)
+        v = -xx * np.sin(phi) + yy * np.cos(phi)
+        gal = np.exp(-(u**2 + (v / q) ** 2) / (2 * rng.uniform(2, 4) ** 2))
+        ring = np.exp(-((np.hypot(xx, yy) - size / 4) ** 2) / 2.0) if k % 3 == 0 else 0 * gal
+        for c, (g, a) in enumerate(((1.0, 0.2), (0.7, 0.5), (0.4, 0.9))):  # i, r, g: red galaxy, blue arc
+            out[k, c] = g * gal + a * 0.4 * ring + rng.normal(0, 0.02, gal.shape)
+    if dtype == np.uint8:
+        lo = np.percentile(out, 0.5, axis=(2, 3), keepdims=True)
+        hi = np.percentile(out, 99.5, axis=(2, 3), keepdims=True)
+        return np.round(np.clip((out - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    return out.astype(dtype)
+
+
+def make_scan(folder: Path, n: int = 40, sources: int = 1, dtype=np.uint8, fmt: str = "fits") -> Path:
+    """Cutout stacks ``stack{k}.npy`` and the scan catalogue ``scan.<fmt>`` pointing at them."""
+    rng = np.random.default_rng(1)
+    per = n // sources
+    src, idx = [], []
+    for k in range(sources):
+        np.save(folder / f"stack{k}.npy", make_cutouts(per, seed=k, dtype=dtype))
+        src += [f"stack{k}.npy"] * per
+        idx += list(range(per))
+    logit = rng.normal(0, 2, len(src)).astype(np.float32)
+    t = Table()
+    t["id"] = np.arange(len(src), dtype=np.int64)
+    t["source"] = src
+    t["index"] = np.array(idx, dtype=np.int64)
+    for c in ("ra", "dec", "x", "y"):
+        t[c] = np.full(len(src), np.nan)
+    t["ra"] = rng.uniform(150, 151, len(src))
+    t["dec"] = rng.uniform(2, 3, len(src))
+    t["logit"] = logit
+    t["probability"] = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    t["ordinality"] = (np.argsort(np.argsort(logit)) + 1) / len(src)
+    t["flags"] = np.zeros(len(src), np.int32)
+    t.meta["DM_META"] = {"bands": ["i", "r", "g"]}
+    return write_catalog(t, folder / f"scan.{fmt}", [fmt])[fmt]
+
+
+@pytest.fixture
+def scan(tmp_path) -> Path:
+    return make_scan(tmp_path)
+
+
+# -- catalogue and cutouts -------------------------------------------------------------------
+def test_top_selection_is_by_logit_and_counts_fractions(scan):
+    t = read_catalog(scan)
+    assert top_count(1000, 0.005) == 5 and top_count(10, 0.005) == 1 and top_count(10, 50) == 10
+    top = select_top(t, 10)
+    assert len(top) == 10
+    assert np.all(np.diff(top["logit"]) <= 0)
+    assert top["logit"][0] == t["logit"].max()
+
+
+@pytest.mark.parametrize("fmt", ["fits", "ecsv"])
+def test_session_reads_both_formats_and_finds_cutouts_beside_the_catalogue(tmp_path, fmt, monkeypatch):
+    cat = make_scan(tmp_path, fmt=fmt, sources=2)
+    monkeypatch.chdir("/")
+    s = InspectSession(cat, top=8, grader="ann")
+    assert len(s) == 8 and s.bands == ["i", "r", "g"]
+    assert s.grades_path == default_grades_path(cat) == tmp_path / "scan.grades.ecsv"
+    png = s.image(0)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert s.image(0, band=2, stretch="asinh", soft=0.1)[:4] == b"\x89PNG"
+
+
+def test_bad_catalogues_give_one_line_errors(tmp_path):
+    (tmp_path / "garbage.fits").write_bytes(b"not a fits file at all" * 10)
+    (tmp_path / "empty.fits").write_bytes(b"")
+    t = Table({"id": [1, 2], "logit": [0.1, 0.2], "probability": [0.5, 0.5], "ordinality": [0.5, 1.0],
+               "flags": [0, 0]})
+    t.write(tmp_path / "nosource.ecsv")
+    for name, needle in (("garbage.fits", "not a readable catalogue"), ("empty.fits", "empty"),
+                         ("missing.fits", "not found"), ("nosource.ecsv", "source")):
+        with pytest.raises(InputError, match=needle) as exc:
+            InspectSession(tmp_path / name)
+        assert "\n" not in str(exc.value) and name in str(exc.value)
+
+
+def test_rows_that_do_not_match_the_cutouts_are_refused(tmp_path):
+    cat = make_scan(tmp_path, n=20)
+    np.save(tmp_path / "short.npy", make_cutouts(5))
+    with pytest.raises(InputError, match=r"points at cutout \d+ of .*short.npy, which holds 5 cutouts"):
+        InspectSession(cat, cutouts=[tmp_path / "short.npy"], top=3)
+    np.save(tmp_path / "bands.npy", np.zeros((20, 5, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="expected 3 bands"):
+        InspectSession(cat, cutouts=[tmp_path / "bands.npy"], top=3)
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPYgarbage")
+    with pytest.raises(InputError, match="bad.npy: not a readable .npy"):
+        InspectSession(cat, cutouts=[tmp_path / "bad.npy"], top=3)
+    (tmp_path / "stack0.npy").unlink()
+    with pytest.raises(InputError, match="cutout source 'stack0.npy' not found.*--cutouts"):
+        InspectSession(cat, top=3)
+
+
+# -- the grading log ---------------------------------------------------------------------------
+def _row(i):
+    return {"id": i, "source": "s.npy", "index": i, "logit": 1.0 * i}
+
+
+def test_grade_log_replays_undo_across_restarts(tmp_path):
+    path = tmp_path / "g.ecsv"
+    log = GradeLog(path, catalog="cat.fits")
+    log.grade(_row(1), "b", "ann")
+    log.grade(_row(2), "N", "ann")
+    log.grade(_row(1), "A", "ann")           # regrade
+    log.grade(_row(1), "X", "bob")
+    assert log.grade(_row(2), "N", "ann") is None  # same grade again: nothing recorded
+    assert log.current() == {1: {"ann": "A", "bob": "X"}, 2: {"ann": "N"}}
+    again = GradeLog(path)                   # a restart reads the same state from the file
+    assert again.current() == log.current() and again.catalog == "cat.fits"
+    assert again.undo("ann").id == 1         # withdraws the regrade: B is back
+    assert again.grades_of(1) == {"ann": "B", "bob": "X"}
+    assert again.undo("ann").id == 2
+    third = GradeLog(path)
+    assert third.current() == {1: {"ann": "B", "bob": "X"}}
+    assert third.undo("ann").id == 1 and third.undo("ann") is None
+    assert third.current() == {1: {"bob": "X"}}
+    t = Table.read(path, format="ascii.ecsv")
+    assert list(t["grade"]) == ["B", "N", "A", "X", "undo", "undo", "undo"]
+    assert list(t["seq"]) == list(range(1, 8)) and set(t["grader"]) == {"ann", "bob"}
+    assert not list(tmp_path.glob(".g.ecsv*"))   # no temporary file left behind
+
+
+def test_grade_log_rejects_bad_input(tmp_path):
+    log = GradeLog(tmp_path / "g.ecsv")
+    with pytest.raises(InputError, match="grade 'Q'"):
+        log.grade(_row(1), "Q", "ann")
+    with pytest.raises(InputError, match="grader name"):
+        log.grade(_row(1), "A", "  ")
+    (tmp_path / "other.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: a, datatype: int64}\na\n1\n")
+    with pytest.raises(InputError, match="not a deepmine grades file"):
+        read_actions(tmp_path / "other.ecsv")
+
+
+def test_a_failed_save_records_nothing(tmp_path):
+    log = GradeLog(tmp_path / "g.ecsv")
+    log.grade(_row(1), "A", "ann")
+    (tmp_path / "g.ecsv").unlink()
+    (tmp_path / "g.ecsv").mkdir()            # the destination became a directory: write fails
+    with pytest.raises(InputError):
+        log.grade(_row(2), "N", "ann")
+    assert log.current() == {1: {"ann": "A"}} and len(log.actions) == 1
+
+
+def test_combine_grades_majority_unanimous_and_c(tmp_path):
+    log = GradeLog(tmp_path / "g.ecsv")
+    for i, grades in enumerate([("A", "B", "N"), ("N", "X", "A"), ("C", "N", "N"), ("C", "A", "N"), ("N", "N", "N")]):
+        for who, g in zip(("ann", "bob", "cy"), grades):
+            log.grade(_row(i), g, who)
+    v = {x.id: x.verdict for x in combine_grades([log])}
+    assert v == {0: "lens", 1: "negative", 2: "negative", 3: "undecided", 4: "negative"}
+    v = {x.id: x.verdict for x in combine_grades([log], include_c=True)}
+    assert v[3] == "lens"
+    v = {x.id: x.verdict for x in combine_grades([log], agreement="unanimous")}
+    assert v == {0: "undecided", 1: "undecided", 2: "undecided", 3: "undecided", 4: "negative"}
+    v = {x.id: x.verdict for x in combine_grades([log], graders=["cy"])}
+    assert v == {0: "negative", 1: "lens", 2: "negative", 3: "negative", 4: "negative"}
+
+
+# -- HTTP API --------------------------------------------------------------------------------
+@pytest.fixture
+def server(scan):
+    session = InspectSession(scan, top=12, grader="ann")
+    srv = make_server(session, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    yield srv, server_url(srv), session
+    srv.shutdown()
+    srv.server_close()
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.headers.get("Content-Type"), r.read()
+
+
+def _post(url, body, headers=None):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_http_api_grades_undoes_and_serves_images(server):
+    srv, url, session = server
+    ctype, page = _get(url)
+    assert ctype.startswith("text/html") and b"inspect.js" in page
+    for name in ("inspect.js", "inspect.css"):
+        assert _get(url + name)[1]
+    state = json.loads(_get(url + "api/state?grader=ann")[1])
+    assert state["total"] == 12 and state["graded"] == 0 and state["first_ungraded"] == 0
+    cands = json.loads(_get(url + "api/page?start=0&count=5")[1])["candidates"]
+    assert [c["rank"] for c in cands] == [0, 1, 2, 3, 4]
+    assert cands[0]["logit"] >= cands[1]["logit"]
+    ctype, png = _get(url + "api/cutout/3.png?band=1&stretch=asinh&soft=0.1")
+    assert ctype == "image/png" and png[:4] == b"\x89PNG"
+    r = _post(url + "api/grade", {"rank": 0, "grade": "A", "grader": "ann"})
+    assert r["grades"] == {"ann": "A"} and r["state"]["graded"] == 1 and r["state"]["first_ungraded"] == 1
+    _post(url + "api/grade", {"rank": 1, "grade": "x", "grader": "bob"})
+    t = Table.read(session.grades_path, format="ascii.ecsv")
+    assert list(t["grade"]) == ["A", "X"] and list(t["id"]) == [cands[0]["id"], cands[1]["id"]]
+    r = _post(url + "api/undo", {"grader": "ann"})
+    assert r["rank"] == 0 and r["grades"] == {} and r["state"]["graded"] == 0
+    assert _post(url + "api/undo", {"grader": "ann"})["rank"] is None
+
+
+@pytest.mark.parametrize("path,body,headers,code", [
+    ("api/grade", {"rank": 0, "grade": "Q", "grader": "ann"}, {}, 400),
+    ("api/grade", {"rank": 99, "grade": "A", "grader": "ann"}, {}, 400),
+    ("api/grade", {"grade": "A"}, {}, 400),
+    ("api/grade", {"rank": 0, "grade": "A"}, {"Origin": "http://evil.example"}, 403),
+    ("api/nothing", {}, {}, 404),
+])
+def test_http_api_refuses_bad_requests(server, path, body, headers, code):
+    _, url, session = server
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        _post(url + path, body, headers)
+    assert exc.value.code == code and "error" in json.loads(exc.value.read())
+    assert not session.log.actions
+    for bad in ("api/cutout/99.png", "api/cutout/0.png?band=7", "api/cutout/0.png?stretch=cubic"):
+        with pytest.raises(urllib.error.HTTPError):
+            _get(url + bad)
+
+
+def test_port_in_use_is_a_clear_error(scan):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError, match=f"--port {port}: port already in use"):
+            make_server(InspectSession(scan, top=3), "127.0.0.1", port)
+
+
+def test_one_server_per_grades_file(scan):
+    first = InspectSession(scan, top=3)
+    with pytest.raises(InputError, match="grades file in use by another 'deepmine inspect'"):
+        InspectSession(scan, top=3)
+    first.close()
+    InspectSession(scan, top=3).close()
+
+
+def test_grades_of_another_catalogue_are_refused(tmp_path):
+    cat = make_scan(tmp_path)
+    log = GradeLog(tmp_path / "g.ecsv")
+    log.grade({"id": 5, "source": "elsewhere.npy", "index": 99}, "A", "ann")
+    with pytest.raises(InputError, match="grades another catalogue"):
+        InspectSession(cat, grades=tmp_path / "g.ecsv")
+
+
+# -- export -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_export_writes_graded_stacks_with_the_source_dtype(tmp_path, dtype):
+    cat = make_scan(tmp_path, n=30, sources=2, dtype=dtype)
+    s = InspectSession(cat, top=10, grader="ann")
+    plan = {0: "A", 1: "N", 2: "X", 3: "B", 4: "C", 5: "N"}
+    for rank, g in plan.items():
+        s.grade(rank, g, "ann")
+    res = export_grades([s.grades_path], tmp_path / "fp.npy", tmp_path / "found.npy")
+    assert (res.n_negatives, res.n_lenses, res.n_undecided) == (3, 2, 1)
+    fp, found = np.load(tmp_path / "fp.npy"), np.load(tmp_path / "found.npy")
+    assert fp.dtype == dtype and fp.shape == (3, 3, 32, 32) and found.shape == (2, 3, 32, 32)
+    rows = Table.read(rows_path(tmp_path / "fp.npy"))
+    stacks = {f"stack{k}.npy": np.load(tmp_path / f"stack{k}.npy") for k in range(2)}
+    for k, row in enumerate(rows):
+        np.testing.assert_array_equal(fp[k], stacks[row["source"]][row["index"]])
+    neg_ids = {int(s.rows["id"][r]) for r, g in plan.items() if g in "NX"}
+    assert set(rows["id"]) == neg_ids
+    res = export_grades([s.grades_path], lenses=tmp_path / "found_c.npy", include_c=True)
+    assert np.load(tmp_path / "found_c.npy").shape[0] == 3
+
+
+def test_export_errors(tmp_path):
+    cat = make_scan(tmp_path, n=20)
+    s = InspectSession(cat, top=5, grader="ann")
+    with pytest.raises(InputError, match="--negatives and/or --lenses"):
+        export_grades([s.grades_path])
+    s.grade(0, "N", "ann")
+    with pytest.raises(InputError, match="name the output"):
+        export_grades([s.grades_path], negatives=tmp_path / "fp.fits")
+    with pytest.raises(InputError, match="name the same file"):
+        export_grades([s.grades_path], negatives=tmp_path / "a.npy", lenses=tmp_path / "a.npy")
+    with pytest.raises(InputError, match="no grades by that grader"):
+        export_grades([s.grades_path], negatives=tmp_path / "fp.npy", graders=["zed"])
+    (tmp_path / "stack0.npy").unlink()
+    with pytest.raises(InputError, match="not found.*--cutouts"):
+        export_grades([s.grades_path], negatives=tmp_path / "fp.npy")
+    assert not (tmp_path / "fp.npy").exists()
+
+
+def test_catalogue_of_a_directory_of_fits_cutouts(tmp_path):
+    """A scanned directory of single-cutout FITS files: source = each file, index 0 (DM_INPUT fits_dir)."""
+    from astropy.io import fits
+
+    cut = make_cutouts(6, dtype=np.float32)
+    (tmp_path / "cutouts").mkdir()
+    paths = []
+    for k in range(6):
+        paths.append(str(tmp_path / "cutouts" / f"obj{k}.fits"))
+        fits.PrimaryHDU(cut[k]).writeto(paths[-1])
+    t = Table({"id": np.arange(6), "source": paths, "index": np.zeros(6, np.int64),
+               "logit": np.arange(6, dtype=np.float32), "probability": np.full(6, 0.5, np.float32),
+               "ordinality": np.arange(1, 7) / 6, "flags": np.zeros(6, np.int32)})
+    t.meta["DM_INPUT"] = [{"kind": "fits_dir", "paths": paths, "n": 6, "name": str(tmp_path / "cutouts"), "options": {}}]
+    cat = write_catalog(t, tmp_path / "scan.fits", ["fits"])["fits"]
+    s = InspectSession(cat, top=4, grader="ann")
+    assert s.store.n_bands == 3 and s.image(0)[:4] == b"\x89PNG"
+    np.testing.assert_array_equal(s.store.get(paths[5], 0), cut[5])   # rank 0 = largest logit = obj5
+    s.grade(0, "N", "ann")
+    export_grades([s.grades_path], negatives=tmp_path / "fp.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "fp.npy"), cut[5:6])

@@ -1,0 +1,358 @@
+"""Training data: cutout stacks, preprocessing, augmentation and negative learning.
+
+Files
+    ``.npy`` stacks (memory-mapped) and FITS cubes (memory-mapped; first HDU with data),
+    N×C×H×W, or N×H×W for one band; uint8 (already percentile-normalised, the HSC
+    convention) or float (raw fluxes). Preprocessing is
+    :func:`deepmine.inference.preprocess.prepare_batch` with the model's own spec — the same
+    call the scanner makes, so training and scanning see identical inputs.
+
+Negative learning (seed 4.2)
+    An epoch walks over the positives in a random order; every positive in a minibatch is
+    paired with ``negatives_per_positive`` random draws from the negative pool (without
+    replacement within an epoch while the pool lasts), so the train set changes every epoch.
+    With 64 positives per batch this is LensFlow's balanced 64 + 64 batch (seed 2.3).
+
+Augmentation
+    Each image gets a random element of the symmetry group of the square (4 rotations, 4
+    reflections; seed 2.2, 4.2) and, when ``crop`` is set (LensFlow: 90), a random crop of
+    crop×crop pixels rescaled bilinearly to the input size (seed 2.2: 90×90 → 100×100).
+
+All randomness comes from one ``numpy.random.Generator`` per epoch, seeded by
+(seed, phase, epoch), so an epoch's batches do not depend on what ran before it: a resumed run
+draws exactly what the uninterrupted run drew.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.metadata import file_sha256
+from deepmine.inference.preprocess import prepare_batch
+
+SUFFIXES = (".npy", ".fits", ".fit", ".fits.gz", ".fz")
+
+
+def open_cutouts(path: str | os.PathLike, what: str = "cutouts") -> np.ndarray:
+    """Open a stack of cutouts as an N×C×H×W array (memory-mapped where possible).
+
+    Parameters
+    ----------
+    path : .npy or FITS file
+    what : str
+        What the file holds, for error messages (e.g. ``"--positives"``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise file_error(p, f"{what} file not found")
+    if p.is_dir():
+        raise file_error(p, f"{what}: expected a .npy or FITS file, got a directory")
+    name = p.name.lower()
+    if name.endswith(".npy"):
+        try:
+            arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise file_error(p, f"{what}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    elif name.endswith((".fits", ".fit", ".fits.gz", ".fz")):
+        from astropy.io import fits
+
+        try:
+            with fits.open(p, memmap=True) as hdul:
+                hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image), None)
+                if hdu is None:
+                    raise file_error(p, f"{what}: no image data in any HDU")
+                arr = hdu.data
+        except OSError as exc:
+            raise file_error(p, f"{what}: not a readable FITS file ({str(exc).splitlines()[0]})") from None
+    else:
+        raise file_error(p, f"{what}: unknown format; expected one of {', '.join(SUFFIXES)}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise file_error(p, f"{what}: expected N×C×H×W (or N×H×W) cutouts, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise file_error(p, f"{what}: holds no cutouts")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise file_error(p, f"{what}: expected numeric pixels, got dtype {arr.dtype}")
+    return arr
+
+
+def describe_file(path: str | os.PathLike, arr: np.ndarray) -> dict:
+    """Provenance of a data file: path, sha256 of its bytes, shape, dtype."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(path), "shape": list(arr.shape), "dtype": str(arr.dtype)}
+
+
+@dataclass
+class CutoutSource:
+    """Rows of one or more cutout arrays, addressed as one sequence."""
+
+    arrays: list
+    names: list
+
+    def __post_init__(self):
+        self.offsets = np.cumsum([0] + [a.shape[0] for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.arrays[0].shape[1:])
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` (any order, repeats allowed) as one in-memory array."""
+        index = np.asarray(index, dtype=np.int64)
+        which = np.searchsorted(self.offsets, index, side="right") - 1
+        dtype = np.result_type(*[a.dtype for a in self.arrays])
+        out = np.empty((index.size,) + self.image_shape, dtype=dtype)
+        for k, arr in enumerate(self.arrays):
+            sel = np.nonzero(which == k)[0]
+            if sel.size:
+                rows = index[sel] - self.offsets[k]
+                order = np.argsort(rows, kind="stable")  # sorted reads are kinder to memmaps
+                out[sel[order]] = arr[rows[order]]
+        return out
+
+
+def make_source(items: list[tuple[str, np.ndarray]], channels=None, input_shape=None, what: str = "data") -> CutoutSource:
+    """Combine arrays into one source; select ``channels``; check they fit ``input_shape`` (C,H,W)."""
+    arrays, names = [], []
+    for name, arr in items:
+        if channels:
+            if max(channels) >= arr.shape[1] or min(channels) < 0:
+                raise file_error(name, f"channels {list(channels)} requested but the cutouts have {arr.shape[1]} band(s)")
+            arr = arr[:, list(channels)] if list(channels) != list(range(arr.shape[1])) else arr
+        if input_shape is not None and tuple(arr.shape[1:]) != tuple(input_shape):
+            raise file_error(
+                name,
+                f"cutouts are {'×'.join(map(str, arr.shape[1:]))} but the model takes "
+                f"{'×'.join(map(str, input_shape))} (C×H×W); choose data.channels or the model's in_channels/size",
+            )
+        arrays.append(arr)
+        names.append(name)
+    if not arrays:
+        raise InputError(f"{what}: no cutout files given")
+    return CutoutSource(arrays, names)
+
+
+def split_indices(n: int, test_fraction: float, rng: np.random.Generator, max_test: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/test split of ``n`` items; at least one of each when n ≥ 2 and fraction > 0."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise InputError(f"data.test_fraction must be in [0, 1), got {test_fraction}")
+    perm = rng.permutation(n)
+    n_test = int(round(n * test_fraction))
+    if test_fraction > 0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    if max_test:
+        n_test = min(n_test, int(max_test))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+# --------------------------------------------------------------------------------------
+# augmentation (numpy, on preprocessed float32 N×C×H×W)
+# --------------------------------------------------------------------------------------
+def apply_symmetry(x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Apply element ``k[i]`` (0..7) of the square's symmetry group to image ``i``.
+
+    0–3: rotation by k·90°; 4–7: transpose (reflection in the diagonal) then rotation by
+    (k−4)·90°, which gives the vertical, anti-diagonal and horizontal reflections too.
+    Needs square images for k odd or ≥ 4.
+    """
+    out = np.empty_like(x)
+    for g in range(8):
+        sel = np.nonzero(k == g)[0]
+        if sel.size == 0:
+            continue
+        y = x[sel]
+        if g >= 4:
+            y = np.swapaxes(y, -1, -2)
+        out[sel] = np.rot90(y, g % 4, axes=(-2, -1))
+    return out
+
+
+def random_symmetry(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random element of the square's symmetry group per image (seed 2.2, 4.2)."""
+    if x.shape[-1] != x.shape[-2]:
+        raise InputError(f"symmetry augmentation needs square cutouts, got {x.shape[-2]}×{x.shape[-1]}")
+    return apply_symmetry(x, rng.integers(0, 8, size=x.shape[0]))
+
+
+def random_crop_rescale(x: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """Random ``crop``×``crop`` window per image, rescaled bilinearly to the image size (seed 2.2).
+
+    Bilinear resampling with half-pixel centres (``align_corners=False``), no antialiasing.
+    """
+    n, c, h, w = x.shape
+    if not 1 <= crop <= min(h, w):
+        raise InputError(f"data.crop must be between 1 and the cutout size {min(h, w)}, got {crop}")
+    if crop == h == w:
+        return x
+    oy = rng.integers(0, h - crop + 1, size=n)
+    ox = rng.integers(0, w - crop + 1, size=n)
+    # sample positions (in crop pixels) of the output grid
+    sy = (np.arange(h) + 0.5) * crop / h - 0.5
+    sx = (np.arange(w) + 0.5) * crop / w - 0.5
+    sy = np.clip(sy, 0, crop - 1)
+    sx = np.clip(sx, 0, crop - 1)
+    y0 = np.floor(sy).astype(np.int64)
+    x0 = np.floor(sx).astype(np.int64)
+    y1 = np.minimum(y0 + 1, crop - 1)
+    x1 = np.minimum(x0 + 1, crop - 1)
+    wy = (sy - y0).astype(np.float32)[:, None]
+    wx = (sx - x0).astype(np.float32)[None, :]
+    out = np.empty_like(x)
+    for i in range(n):
+        win = x[i, :, oy[i] : oy[i] + crop, ox[i] : ox[i] + crop]
+        top = win[:, y0][:, :, x0] * (1 - wx) + win[:, y0][:, :, x1] * wx
+        bot = win[:, y1][:, :, x0] * (1 - wx) + win[:, y1][:, :, x1] * wx
+        out[i] = top * (1 - wy) + bot * wy
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# negative learning
+# --------------------------------------------------------------------------------------
+@dataclass
+class Batch:
+    images: np.ndarray  # float32 N×C×H×W, preprocessed (and augmented)
+    labels: np.ndarray  # int64 (N,), 1 = positive
+
+
+class NegativeLearningSampler:
+    """The batches of one epoch of negative learning.
+
+    Parameters
+    ----------
+    positives, negatives : CutoutSource
+    pos_index, neg_index : int arrays
+        Rows of each source that belong to the train set (the negative pool).
+    spec : dict
+        The model's preprocessing spec (for :func:`prepare_batch`).
+    batch_positives : int
+        Positives per minibatch (LensFlow 64; each comes with its negative draw(s)).
+    negatives_per_positive : int
+        Negative draws per positive (1 = balanced batches).
+    positives_per_epoch : int
+        0: every train positive once per epoch; otherwise that many drawn (with replacement
+        when larger than the positive set).
+    symmetries : bool
+        Random square symmetries.
+    crop : int
+        Random crop size rescaled to the input size (0: none).
+    """
+
+    def __init__(self, positives, negatives, pos_index, neg_index, spec, batch_positives=32,
+                 negatives_per_positive=1, positives_per_epoch=0, symmetries=True, crop=0):  # fmt: skip
+        if len(pos_index) == 0:
+            raise InputError("no positives left for training (check data.test_fraction and the positives file)")
+        if len(neg_index) == 0:
+            raise InputError("no negatives left for training (check data.test_fraction and the negatives file)")
+        self.positives, self.negatives = positives, negatives
+        self.pos_index, self.neg_index = np.asarray(pos_index), np.asarray(neg_index)
+        self.spec = spec
+        self.batch_positives = int(batch_positives)
+        self.negatives_per_positive = int(negatives_per_positive)
+        self.positives_per_epoch = int(positives_per_epoch)
+        self.symmetries = bool(symmetries)
+        self.crop = int(crop)
+        if self.batch_positives < 1 or self.negatives_per_positive < 1 or self.positives_per_epoch < 0:
+            raise InputError("data.batch_positives and data.negatives_per_positive must be >= 1, positives_per_epoch >= 0")
+
+    def n_positives(self) -> int:
+        return self.positives_per_epoch or len(self.pos_index)
+
+    def __len__(self) -> int:
+        return -(-self.n_positives() // self.batch_positives)
+
+    def plan(self, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(positive rows, negative rows) of every batch of an epoch."""
+        n = self.n_positives()
+        if self.positives_per_epoch and n > len(self.pos_index):
+            pos = self.pos_index[rng.integers(0, len(self.pos_index), size=n)]
+        else:
+            pos = self.pos_index[rng.permutation(len(self.pos_index))[:n]]
+        m = n * self.negatives_per_positive
+        pool = len(self.neg_index)
+        if m <= pool:
+            neg = self.neg_index[rng.choice(pool, size=m, replace=False)]
+        else:
+            neg = self.neg_index[rng.integers(0, pool, size=m)]
+        bp, k = self.batch_positives, self.negatives_per_positive
+        return [(pos[i : i + bp], neg[i * k : (i + bp) * k]) for i in range(0, n, bp)]
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
+        """Preprocessed, augmented batches of one epoch (all draws from ``rng``)."""
+        for pos, neg in self.plan(rng):
+            raw_pos = self.positives.take(pos)
+            raw_neg = self.negatives.take(neg)
+            x = np.concatenate([prepare_batch(raw_pos, self.spec), prepare_batch(raw_neg, self.spec)])
+            y = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
+            if self.symmetries:
+                x = random_symmetry(x, rng)
+            if self.crop:
+                x = random_crop_rescale(x, self.crop, rng)
+            yield Batch(np.ascontiguousarray(x, dtype=np.float32), y)
+
+
+def eval_batches(source: CutoutSource, index: np.ndarray, spec: dict, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches of ``source`` rows ``index`` in order (no augmentation)."""
+    index = np.asarray(index)
+    for i in range(0, len(index), batch_size):
+        yield prepare_batch(source.take(index[i : i + batch_size]), spec)
+
+
+# --------------------------------------------------------------------------------------
+# a generic two-class set for pre-training (phase 0)
+# --------------------------------------------------------------------------------------
+def generic_two_class(n: int, shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A generic two-class image set for LensFlow's pre-training phase (seed 2.3).
+
+    The seed pre-trains on two CIFAR classes, which cannot be downloaded here. This set
+    teaches the same generic skill — extracting shapes from soft-edged images with a dominant
+    central object — without any lens physics: class 1 images hold 1–3 thin curved strokes
+    (circle segments of random radius, centre, width and extent), class 0 images 1–3 smooth
+    elliptical blobs; both have a bright central blob and Gaussian noise. Users point phase 0
+    at their own two-class set instead by giving ``positives``/``negatives`` in the phase.
+
+    Returns
+    -------
+    (class 1, class 0) float32 arrays of shape (n, C, H, W), arbitrary flux units.
+    """
+    c, h, w = (int(v) for v in shape)
+    rng = np.random.default_rng([int(seed), 0x6E6E])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy = (yy - (h - 1) / 2) / (h / 2)
+    xx = (xx - (w - 1) / 2) / (w / 2)
+
+    def blob(cx, cy, sx, sy, ang):
+        ca, sa = np.cos(ang), np.sin(ang)
+        u = (xx - cx) * ca + (yy - cy) * sa
+        v = -(xx - cx) * sa + (yy - cy) * ca
+        return np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+
+    def make(curves: bool) -> np.ndarray:
+        out = np.empty((n, c, h, w), np.float32)
+        for i in range(n):
+            img = rng.uniform(0.5, 2.0) * blob(*rng.normal(0, 0.05, 2), *rng.uniform(0.06, 0.2, 2), rng.uniform(0, np.pi))
+            for _ in range(rng.integers(1, 4)):
+                amp = rng.uniform(0.2, 0.8)
+                if curves:
+                    cx, cy = rng.normal(0, 0.2, 2)
+                    r = rng.uniform(0.25, 0.8)
+                    width = rng.uniform(0.02, 0.06)
+                    a0, extent = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 3.5)
+                    rad = np.hypot(xx - cx, yy - cy)
+                    ang = np.mod(np.arctan2(yy - cy, xx - cx) - a0, 2 * np.pi)
+                    img = img + amp * np.exp(-0.5 * ((rad - r) / width) ** 2) * (ang < extent)
+                else:
+                    img = img + amp * blob(*rng.uniform(-0.6, 0.6, 2), *rng.uniform(0.05, 0.25, 2), rng.uniform(0, np.pi))
+            for b in range(c):
+                out[i, b] = img * rng.uniform(0.8, 1.2) + rng.normal(0, 0.03, (h, w))
+        return out
+
+    return make(True), make(False)
