@@ -15,6 +15,16 @@ from typing import Iterator
 from .errors import file_error
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of files written here (mkstemp creates 0600; outputs should be like ``open``'s)
+_MODE = 0o666 & ~_umask()
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Return ``path`` as a Path after checking its folder exists and is writable."""
     p = Path(path)
@@ -44,6 +54,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _MODE)
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -36,8 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from .errors import DeepmineError, InputError
-from .inspect_cutouts import (INFO_COLUMNS, CutoutStore, catalog_bands, read_catalog, select_top,
-                              single_cutout_files)
+from .inspect_cutouts import INFO_COLUMNS, CutoutStore, catalog_bands, read_catalog, select_top
 from .inspect_grades import GRADES, GradeLog, check_grader
 
 STATIC_FILES = {"inspect.html": "text/html; charset=utf-8", "inspect.js": "text/javascript; charset=utf-8",
@@ -112,7 +111,7 @@ class InspectSession:
         self.n_catalog = len(table)
         self.rows = select_top(table, top)
         self.store = CutoutStore.for_rows(self.rows, cutouts, [self.catalog_path.parent], what=str(self.catalog_path),
-                                          single=single_cutout_files(table.meta))
+                                          meta=table.meta)
         self.grader = check_grader(grader)
         self.grades_path = Path(grades) if grades is not None else default_grades_path(self.catalog_path)
         self._lock_file = _lock(self.grades_path)

@@ -10,7 +10,11 @@ Where a stack is looked for (first match wins): the files given with ``--cutouts
 the path as written in the catalogue, by resolved path, then by file name; a single stack given
 for a catalogue of a single source is taken as that source whatever its name), else the path as
 written, relative to the catalogue's folder, the current folder, and the catalogue's folder by
-file name.
+file name. Sources that are not stacks — survey images cut around catalogued sources, sliding
+tiles, files of a directory of FITS cutouts — are re-cut from the scan's own inputs exactly as
+the scanner cut them (:func:`deepmine.inference.readers.read_block`), as the catalogue's
+provenance (``DM_INPUT``, ``DM_META``) describes them; inputs that moved are looked for beside
+the catalogue.
 """
 from __future__ import annotations
 
@@ -119,20 +123,8 @@ def select_top(table, top: float | int):
     return table[order[:k]]
 
 
-def single_cutout_files(meta: dict) -> set[str]:
-    """Sources that are single-cutout FITS files (C×H×W or H×W; a scanned directory of
-    cutouts, ``DM_INPUT`` kind ``fits_dir``), by path as written in the catalogue."""
-    specs = meta.get("DM_INPUT") if isinstance(meta, dict) else None
-    out: set[str] = set()
-    for spec in specs if isinstance(specs, list) else []:
-        if isinstance(spec, dict) and spec.get("kind") == "fits_dir":
-            out.update(str(p) for p in spec.get("paths", []))
-    return out
-
-
-def open_stack(path: str | os.PathLike, single: bool = False) -> np.ndarray:
-    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W; with
-    ``single``, the file holds one C×H×W or H×W cutout and becomes 1×C×H×W).
+def open_stack(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W).
 
     Raises
     ------
@@ -158,17 +150,13 @@ def open_stack(path: str | os.PathLike, single: bool = False) -> np.ndarray:
 
         try:
             hdul = fits.open(p, memmap=True)
-            dims = (2, 3) if single else (3, 4)
             hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
-                        and h.data.ndim in dims), None)
+                        and h.data.ndim in (3, 4)), None)
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
             raise file_error(p, f"not a readable FITS cutout cube ({_first_line(exc)})") from None
         if hdu is None:
-            want = "a C×H×W or H×W cutout" if single else "an N×C×H×W or N×H×W cube"
-            raise file_error(p, f"no image HDU of {want}")
+            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
         arr = hdu.data
-        if single:
-            arr = arr[None] if arr.ndim == 3 else arr[None, None]
     else:
         raise file_error(p, f"unknown cutout stack format (expected one of {', '.join(CUTOUT_SUFFIXES)})")
     if arr.ndim == 3:
@@ -191,10 +179,12 @@ class CutoutStore:
         Source name as written in the catalogue → path of its stack.
     """
 
-    def __init__(self, sources: dict[str, Path], single: Iterable[str] = ()):
+    def __init__(self, sources: dict[str, Path], readers: dict | None = None):
         self.paths = {s: Path(p) for s, p in sources.items()}
-        single = set(single)
-        self.stacks = {s: open_stack(p, s in single) for s, p in self.paths.items()}
+        self.stacks = {s: open_stack(p) for s, p in self.paths.items()}
+        for name, reader in (readers or {}).items():
+            self.paths[name] = Path(reader.where)
+            self.stacks[name] = reader
         shapes = {a.shape[1:] for a in self.stacks.values()}
         if len(shapes) > 1:
             listing = ", ".join(f"{p.name} {self.stacks[s].shape[1:]}" for s, p in self.paths.items())
@@ -203,12 +193,23 @@ class CutoutStore:
     @classmethod
     def for_rows(cls, rows, cutouts: Sequence[os.PathLike] | None = None,
                  search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue",
-                 single: Iterable[str] = ()) -> "CutoutStore":
+                 meta: dict | None = None) -> "CutoutStore":
         """Find and open the stacks that ``rows`` point at, and check every row fits its stack.
-        ``single``: sources that are single-cutout files (see :func:`single_cutout_files`)."""
+
+        Without ``cutouts``, sources that are not stacks (survey images, sliding tiles, a
+        directory of single-cutout FITS files) are re-read from the scan's own inputs, as the
+        catalogue's provenance ``meta`` (``DM_INPUT``, ``DM_META``) describes them."""
+        search_dirs = list(search_dirs)
         sources = sorted(set(_as_str(rows["source"]).tolist()))
-        mapping = resolve_sources(sources, cutouts, search_dirs, what)
-        store = cls(mapping, () if cutouts else single)
+        readers = {} if cutouts else provenance_readers(meta or {}, search_dirs)
+        readers = {s: r for s, r in readers.items() if s in sources}
+        for s, r in readers.items():
+            if isinstance(r, str):
+                raise InputError(f"{what}: cannot re-cut the cutouts of source {s!r}: {r}; pass cutout stacks "
+                                 "with --cutouts")
+        rest = [s for s in sources if s not in readers]
+        mapping = resolve_sources(rest, cutouts, search_dirs, what) if rest else {}
+        store = cls(mapping, readers)
         store.check_rows(rows, what)
         return store
 
@@ -285,3 +286,84 @@ def resolve_sources(sources: Sequence[str], cutouts: Sequence[os.PathLike] | Non
             )
         mapping[s] = hit
     return mapping
+
+
+class ScanInputReader:
+    """Array-like access (``shape``, ``dtype``, ``[i]``) to the cutouts of one scan input that is
+    not a stack, re-cut exactly as the scanner cut them
+    (:func:`deepmine.inference.readers.read_block`): survey images around catalogued
+    sources, sliding tiles, or one file of a directory of FITS cutouts (``position``)."""
+
+    def __init__(self, spec, metadata, position: int | None = None):
+        self.spec, self.metadata, self.position = spec, metadata, position
+        n = 1 if position is not None else int(spec.n)
+        self.shape = (n, *(int(v) for v in metadata.input_shape))
+        self.where = spec.paths[position] if position is not None else spec.name
+        self._dtype = None
+
+    def __getitem__(self, i) -> np.ndarray:
+        from .readers import read_block
+
+        k = self.position if self.position is not None else int(i)
+        return read_block(self.spec, k, k + 1, self.metadata).images[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self._dtype is None:
+            self._dtype = self[0].dtype if self.shape[0] else np.dtype(np.float32)
+        return self._dtype
+
+
+def _relocate(path: str, search_dirs: Sequence[Path]) -> str | None:
+    p = Path(path)
+    if p.is_file():
+        return str(p)
+    tries = [] if p.is_absolute() else [d / p for d in search_dirs]
+    tries += [d / p.name for d in search_dirs]
+    return next((str(t) for t in tries if t.is_file()), None)
+
+
+def provenance_readers(meta: dict, search_dirs: Sequence[os.PathLike] = ()) -> dict[str, ScanInputReader | str]:
+    """Readers for the catalogue sources that are survey images, tiles or FITS-cutout
+    directories, from the scan provenance (``DM_INPUT`` specs, ``DM_META`` model metadata).
+    Relative paths that moved are looked for in ``search_dirs`` (as written, then by name);
+    for an input whose files are gone the value is a message saying which file is missing."""
+    import dataclasses
+    import json
+
+    from .metadata import ModelMetadata
+    from .readers import SourceSpec
+
+    specs, model = meta.get("DM_INPUT"), meta.get("DM_META")
+    if not isinstance(specs, list) or not isinstance(model, dict):
+        return {}
+    try:
+        metadata = ModelMetadata.from_json(json.dumps(model))
+    except (InputError, TypeError):
+        return {}
+    dirs = [Path(d) for d in search_dirs]
+    out: dict[str, ScanInputReader | str] = {}
+    for d in specs:
+        try:
+            spec = SourceSpec(**d)
+        except TypeError:
+            continue
+        if spec.kind not in ("survey", "tiles", "fits_dir"):
+            continue
+        paths = [_relocate(p, dirs) for p in spec.paths]
+        options = dict(spec.options)
+        if spec.kind == "survey":
+            options["catalog"] = _relocate(options.get("catalog", ""), dirs)
+        if spec.kind == "fits_dir":
+            for k, (name, path) in enumerate(zip(spec.paths, paths)):
+                out[name] = (ScanInputReader(dataclasses.replace(spec, paths=paths), metadata, k) if path is not None
+                             else f"{name} not found")
+            continue
+        gone = [p for p, q in zip(spec.paths, paths) if q is None]
+        if spec.kind == "survey" and options["catalog"] is None:
+            gone.append(spec.options.get("catalog", "?"))
+        if gone:
+            out[spec.name] = f"{spec.kind} input {', '.join(gone)} not found (looked beside the catalogue too)"
+            continue
+        out[spec.name] = ScanInputReader(dataclasses.replace(spec, paths=paths, options=options), metadata)
+    return out

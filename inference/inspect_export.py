@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_path, check_writable
 from .errors import InputError, file_error
-from .inspect_cutouts import CutoutStore, single_cutout_files
+from .inspect_cutouts import CutoutStore
 from .inspect_grades import GradeLog, Verdict, combine_grades
 
 
@@ -52,14 +52,14 @@ def _write(path: Path, cutouts: np.ndarray, verdicts: Sequence[Verdict]) -> list
     return [path, side]
 
 
-def _single_files(catalog: Path) -> set[str]:
-    """Single-cutout sources named in the catalogue's provenance (empty if it is gone)."""
+def _provenance(catalog: Path) -> dict:
+    """The catalogue's provenance (``table.meta``); empty if the catalogue is gone."""
     from .catalog import read_catalog
 
     try:
-        return single_cutout_files(read_catalog(catalog).meta)
+        return dict(read_catalog(catalog).meta)
     except InputError:
-        return set()
+        return {}
 
 
 def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathLike | None = None,
@@ -103,12 +103,13 @@ def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathL
     if graders and not verdicts:
         raise InputError(f"--grader {', '.join(graders)}: no grades by that grader (graders are: "
                          f"{', '.join(sorted({g for lg in logs for g in lg.graders()}))})")
-    search, single = [], set()
+    search, meta = [], {}
     for p, log in zip(paths, logs):
         if log.catalog:
             cat = Path(log.catalog)
             search.append(cat.parent if cat.is_absolute() else p.parent / cat.parent)
-            single |= _single_files(cat)
+            if not meta and not cutouts:
+                meta = _provenance(cat if cat.is_absolute() else p.parent / cat)
         search.append(p.parent)
     groups = {"negative": [v for v in verdicts if v.verdict == "negative"],
               "lens": [v for v in verdicts if v.verdict == "lens"]}
@@ -119,7 +120,7 @@ def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathL
         rows = {"id": np.array([v.id for v in needed], dtype=np.int64),
                 "source": np.array([v.source for v in needed], dtype=str),
                 "index": np.array([v.index for v in needed], dtype=np.int64)}
-        store = CutoutStore.for_rows(rows, cutouts, dict.fromkeys(search), what=str(paths[0]), single=single)
+        store = CutoutStore.for_rows(rows, cutouts, dict.fromkeys(search), what=str(paths[0]), meta=meta)
         for kind, out in wanted:
             sel = groups[kind]
             if sel:

@@ -35,6 +35,21 @@ def _save(fig, path) -> Path:
     return p
 
 
+def _log_axis(axis) -> None:
+    """Log scale with plain labels at 1, 2, 5 × 10^k and no minor labels."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _scale(ax, which: str, axis_def) -> None:
+    if axis_def.scale == "log":
+        (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+        _log_axis(ax.xaxis if which == "x" else ax.yaxis)
+
+
 def _title(sel) -> str:
     prov = sel.provenance
     s = sel.summary()
@@ -72,10 +87,9 @@ def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
                 e = ai.edges
                 ax.fill_between(ai.centers, m["fraction_lo"], m["fraction_hi"], color="C0", alpha=0.3, lw=0)
                 ax.plot(ai.centers, m["fraction"], "o-", color="C0", ms=3)
+                _scale(ax, "x", ai)
                 ax.set_xlim(e[0], e[-1])
                 ax.set_ylim(-0.02, 1.02)
-                if ai.scale == "log":
-                    ax.set_xscale("log")
                 ax.yaxis.tick_right()
                 ax.yaxis.set_label_position("right")
                 ax.set_ylabel("detected", fontsize=8)
@@ -83,21 +97,17 @@ def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
                 m = sel.marginal(ai.name, aj.name)  # rows: ai (y), columns: aj (x)
                 mesh = ax.pcolormesh(aj.edges, ai.edges, m["fraction"], cmap=CMAP, vmin=0, vmax=1,
                                      shading="flat")
-                if aj.scale == "log":
-                    ax.set_xscale("log")
-                if ai.scale == "log":
-                    ax.set_yscale("log")
+                _scale(ax, "x", aj)
+                _scale(ax, "y", ai)
             ax.tick_params(labelsize=7)
             if i == k - 1:
                 ax.set_xlabel(aj.label, fontsize=10)
-            elif i != j:
-                ax.set_xticklabels([])
+            else:
+                ax.tick_params(labelbottom=False)
             if j == 0 and i > 0:
                 ax.set_ylabel(ai.label, fontsize=10)
             elif i != j:
-                ax.set_yticklabels([])
-            if i == j and i != k - 1:
-                ax.set_xticklabels([])
+                ax.tick_params(labelleft=False)
     if mesh is not None:
         cax = fig.add_axes([0.62, 0.72, 0.3, 0.025])
         cb = fig.colorbar(mesh, cax=cax, orientation="horizontal")
@@ -138,8 +148,7 @@ def plot_completeness(sel, path, *, x_names=("theta_e", "m_arc"), title: str | N
         m = sel.marginal(name)
         ax.fill_between(a.centers, m["fraction_lo"], m["fraction_hi"], color="k", alpha=0.2, lw=0)
         ax.plot(a.centers, m["fraction"], "o-", color="k", lw=2, ms=4, label="all")
-        if a.scale == "log":
-            ax.set_xscale("log")
+        _scale(ax, "x", a)
         ax.set_xlim(a.edges[0], a.edges[-1])
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(a.label)

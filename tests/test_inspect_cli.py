@@ -108,3 +108,29 @@ def test_export_command_closes_the_loop(cli, tmp_path):
     assert rc == 2 and "--negatives and/or --lenses" in err
     rc, _, err = cli("inspect", "export", tmp_path / "nope.ecsv", "--negatives", tmp_path / "x.npy")
     assert rc == 2 and "grades file not found" in err
+
+
+def test_scan_inspect_export_loop(cli, tmp_path):
+    """The mining loop on a real scan catalogue: scan → grade the top candidates → export."""
+    from fixtures_models import make_classifier
+    from test_inspect_core import make_cutouts
+
+    from deepmine.inference.inspect_app import InspectSession
+
+    stack = make_cutouts(120)
+    np.save(tmp_path / "stack.npy", stack)
+    make_classifier(tmp_path / "m.onnx", shape=(3, 32, 32))
+    rc, _, err = cli("scan", tmp_path / "stack.npy", "--model", tmp_path / "m.onnx", "--out", tmp_path / "scan.fits")
+    assert rc == 0, err
+    s = InspectSession(tmp_path / "scan.fits", top=0.05, grader="ann")     # the top 5 %: 6 candidates
+    assert len(s) == 6 and s.bands == ["i", "r", "g"]
+    for rank, g in enumerate("NXABNC"):
+        s.grade(rank, g, "ann")
+    s.close()
+    rc, out, err = cli("inspect", "export", tmp_path / "scan.grades.ecsv", "--negatives", tmp_path / "fp.npy",
+                       "--lenses", tmp_path / "found.npy")
+    assert rc == 0, err
+    rows = Table.read(tmp_path / "fp.rows.ecsv")
+    np.testing.assert_array_equal(np.load(tmp_path / "fp.npy"), stack[np.asarray(rows["index"])])
+    assert len(rows) == 3 and np.load(tmp_path / "found.npy").shape == (2, 3, 32, 32)
+    assert "1 graded candidates left out" in err.replace("\n", " ")

@@ -17,6 +17,7 @@ from deepmine.inference.inspect_app import InspectSession, default_grades_path, 
 from deepmine.inference.inspect_cutouts import read_catalog, select_top, top_count
 from deepmine.inference.inspect_export import export_grades, rows_path
 from deepmine.inference.inspect_grades import GradeLog, combine_grades, read_actions
+from deepmine.inference.metadata import ModelMetadata
 
 
 def make_cutouts(n: int, size: int = 32, seed: int = 0, dtype=np.uint8) -> np.ndarray:
@@ -328,6 +329,7 @@ def test_catalogue_of_a_directory_of_fits_cutouts(tmp_path):
                "logit": np.arange(6, dtype=np.float32), "probability": np.full(6, 0.5, np.float32),
                "ordinality": np.arange(1, 7) / 6, "flags": np.zeros(6, np.int32)})
     t.meta["DM_INPUT"] = [{"kind": "fits_dir", "paths": paths, "n": 6, "name": str(tmp_path / "cutouts"), "options": {}}]
+    t.meta["DM_META"] = json.loads(ModelMetadata(architecture="toy", input_shape=[3, 32, 32]).to_json())
     cat = write_catalog(t, tmp_path / "scan.fits", ["fits"])["fits"]
     s = InspectSession(cat, top=4, grader="ann")
     assert s.store.n_bands == 3 and s.image(0)[:4] == b"\x89PNG"
@@ -335,3 +337,46 @@ def test_catalogue_of_a_directory_of_fits_cutouts(tmp_path):
     s.grade(0, "N", "ann")
     export_grades([s.grades_path], negatives=tmp_path / "fp.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "fp.npy"), cut[5:6])
+
+
+def test_survey_scan_cutouts_are_recut_from_the_survey_images(tmp_path, monkeypatch):
+    """A survey scan's rows point at the source catalogue; inspect re-cuts them from the images
+    as the scanner did (provenance DM_INPUT), also after the folder moved."""
+    from astropy.io import fits
+
+    from deepmine.inference.readers import read_block, resolve_inputs
+
+    rng = np.random.default_rng(3)
+    imgs = {b: rng.normal(size=(90, 110)).astype(np.float32) for b in "irg"}
+    for b, img in imgs.items():
+        h = fits.Header()
+        h["FILTER"] = f"HSC-{b.upper()}"
+        fits.PrimaryHDU(img, header=h).writeto(tmp_path / f"img_{b}.fits")
+    xs, ys = rng.uniform(10, 100, 12), rng.uniform(10, 80, 12)
+    Table({"x": xs, "y": ys}).write(tmp_path / "sources.ecsv")
+    meta = ModelMetadata(architecture="toy", input_shape=[3, 16, 16])
+    monkeypatch.chdir(tmp_path)                      # relative paths, as a user types them
+    (spec,), _ = resolve_inputs(["img_i.fits", "img_r.fits", "img_g.fits"], meta, catalog="sources.ecsv")
+    expected = read_block(spec, 0, spec.n, meta).images
+    logit = rng.normal(size=12).astype(np.float32)
+    t = Table({"id": np.arange(12), "source": [spec.name] * 12, "index": np.arange(12), "x": xs, "y": ys,
+               "logit": logit, "probability": np.full(12, 0.5, np.float32), "ordinality": np.linspace(0, 1, 12),
+               "flags": np.zeros(12, np.int32)})
+    t.meta.update({"DM_INPUT": [spec.to_dict()], "DM_META": json.loads(meta.to_json())})
+    write_catalog(t, tmp_path / "scan.fits", ["fits"])
+    monkeypatch.chdir("/")                           # inspect runs from elsewhere
+    s = InspectSession(tmp_path / "scan.fits", top=5, grader="ann")
+    top = np.argsort(-logit)[:5]
+    for rank, i in enumerate(top):
+        np.testing.assert_array_equal(s.store.get(spec.name, i), expected[i])
+        assert s.image(rank)[:4] == b"\x89PNG"
+    s.grade(0, "X", "ann")
+    s.grade(1, "A", "ann")
+    res = export_grades([s.grades_path], negatives=tmp_path / "fp.npy", lenses=tmp_path / "found.npy")
+    assert (res.n_negatives, res.n_lenses) == (1, 1)
+    np.testing.assert_array_equal(np.load(tmp_path / "fp.npy"), expected[top[:1]])
+    np.testing.assert_array_equal(np.load(tmp_path / "found.npy"), expected[top[1:2]])
+    (tmp_path / "img_g.fits").unlink()               # inputs gone: a clear error, not a crash
+    with pytest.raises(InputError, match="cannot re-cut the cutouts of source 'sources.ecsv': survey input "
+                                         "img_g.fits not found"):
+        InspectSession(tmp_path / "scan.fits", top=5, grades=tmp_path / "other.ecsv")

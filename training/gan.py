@@ -381,7 +381,9 @@ class _Gan:
         self.opt_d.step()
 
         self.opt_g.zero_grad(set_to_none=True)
-        s_gen = D(fake)
+        # the generator is scored in the same kind of batch as the discriminator was trained
+        # on: BatchNorm makes a bundled batch's scores differ from a fakes-only batch's
+        s_gen = D(torch.cat([real, fake]))[n:] if self.recipe["data"]["discriminator_batches"] == "bundled" else D(fake)
         loss_g = _gan_loss(s_gen, ones, 1.0)
         loss_g.backward()
         self.opt_g.step()

@@ -40,7 +40,8 @@ def bench(
         return
     table = Table(title="scan rate (cutouts per second, best of %d)" % repeats)
     for col in ("model", "arch", "precision", "provider", "threads", "batch", "model only", "end to end", "ratio"):
-        table.add_column(col, justify="right" if col not in ("model", "arch", "provider") else "left")
+        table.add_column(col, justify="right" if col not in ("model", "arch", "provider") else "left",
+                         no_wrap=col == "model")
     for r in results:
         table.add_row(Path(r["model"]).name, r["architecture"], r["precision"], r["provider"].replace("ExecutionProvider", ""),
                       str(r["threads"] or "all"), str(r["batch_size"]), f"{r['model_only_per_s']:,.0f}",

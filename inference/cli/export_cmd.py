@@ -96,24 +96,27 @@ def export(
 
 
 def _summary(path: Path, meta, props: dict) -> None:
+    def say(text: str) -> None:
+        out_console.print(text, soft_wrap=True)
+
     p = meta.parity
-    out_console.print(f"wrote {path}  ({path.stat().st_size / 1e6:.1f} MB, {meta.precision}, {meta.architecture})")
+    say(f"wrote {path}  ({path.stat().st_size / 1e6:.2f} MB, {meta.precision}, {meta.architecture})")
     if not p.get("checked"):
-        out_console.print("parity     not checked (--no-check)")
+        say("parity     not checked (--no-check)")
     else:
         f = p["fp32"]
         key = "max_abs_probability" if "max_abs_probability" in f else "max_abs_image"
-        out_console.print(f"parity     fp32 max |Δ| {f[key]:.2e} ≤ {f['atol']:g} on {p['source']}")
+        say(f"parity     fp32 max |Δ| {f[key]:.2e} ≤ {f['atol']:g} on {p['source']}")
         if "fp16" in p:
-            out_console.print(f"           fp16 max |Δ| {p['fp16'][key]:.2e} ≤ {p['fp16']['atol']:g}")
+            say(f"           fp16 max |Δ| {p['fp16'][key]:.2e} ≤ {p['fp16']['atol']:g}")
         if "int8" in p:
             q = p["int8"]
             mark = "" if q["passed"] else "  [yellow](beyond tolerance)[/yellow]"
-            out_console.print(
+            say(
                 f"           int8 RP {q['rp_int8']:.4f} vs fp32 {q['rp_fp32']:.4f}: change {q['rp_change']:+.4f} "
                 f"(tolerance {q['rp_tolerance']}){mark}"
             )
-    out_console.print(f"hash       {props.get('deepmine.content_hash')}")
+    say(f"hash       {props.get('deepmine.content_hash')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,126 @@
+"""``deepmine export`` end to end on small checkpoints, and its one-line errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytestmark = pytest.mark.torch
+
+from deepmine.inference.metadata import read_metadata  # noqa: E402
+from deepmine.training import create_model  # noqa: E402
+from deepmine.training.checkpoint import save_checkpoint  # noqa: E402
+
+SMALL = {"lensflow": dict(size=36, filters=[4, 6, 8], hidden=[16, 8]),
+         "eznet": dict(table=[{"kernels": 4, "kernel": 3, "height": 12, "width": 12},
+                              {"kernels": 4, "kernel": 3, "height": 6, "width": 6},
+                              {"kernels": 4, "kernel": 1, "height": 1, "width": 1}],
+                       size=16, hidden=8)}  # fmt: skip
+PROVENANCE = {"recipe_name": "test", "seed": 11, "epochs": 3,
+              "heldout": {"ranking_performance": 0.5, "epoch": 3}, "data": {"positives": {"sha256": "sha256:abc"}}}  # fmt: skip
+
+
+def _checkpoint(tmp_path, name):
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL[name])
+    return save_checkpoint(tmp_path / f"{name}.pt", model, PROVENANCE), model
+
+
+def _one_line_error(rc, out, err, *needles):
+    assert rc == 2, (rc, out, err)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("deepmine export: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["lensflow", "eznet"])
+def test_export_checkpoint_cli(tmp_path, cli, name):
+    ckpt, model = _checkpoint(tmp_path, name)
+    out = tmp_path / f"{name}.onnx"
+    rc, stdout, err = cli("export", ckpt, "--out", out)
+    assert rc == 0, err
+    assert f"wrote {out}" in stdout and "parity     fp32 max |Δ|" in stdout and "sha256:" in stdout
+    meta, props = read_metadata(out)
+    assert meta.architecture == name and meta.input_shape == model.deepmine_config["input_shape"]
+    assert meta.preprocessing == model.deepmine_config["preprocessing"]  # LensFlow: its template too
+    assert meta.training["seed"] == 11 and meta.training["heldout"]["ranking_performance"] == 0.5
+    assert meta.training["checkpoint"]["file"] == ckpt.name
+    assert meta.training["checkpoint"]["sha256"].startswith("sha256:")
+    assert meta.parity["passed"] and meta.extra["export"]["scores"] == "model"
+    assert sorted(os.listdir(tmp_path)) == sorted([ckpt.name, out.name])
+
+
+def test_export_int8_cli_with_calibration(tmp_path, cli):
+    from deepmine.export.parity import synthetic_cutouts
+
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    cal, _ = synthetic_cutouts(32, (1, 36, 36), seed=1)
+    np.save(tmp_path / "cal.npy", cal)
+    out = tmp_path / "q.onnx"
+    rc, stdout, err = cli("export", ckpt, "--out", out, "--int8", "--calibration", tmp_path / "cal.npy", "--json")
+    assert rc == 0, err
+    doc = json.loads(stdout)
+    assert doc["metadata"]["precision"] == "int8" and "rp_change" in doc["metadata"]["parity"]["int8"]
+    assert doc["content_hash"] == read_metadata(out)[1]["deepmine.content_hash"]
+
+
+def test_unknown_architecture(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    data = torch.load(ckpt, weights_only=True)
+    data["architecture"] = "nosuchnet"
+    torch.save(data, ckpt)
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "m.onnx")
+    _one_line_error(rc, out, err, str(ckpt), "nosuchnet")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04 truncated zip"])
+def test_corrupt_checkpoint(tmp_path, cli, content):
+    ckpt = tmp_path / "bad.pt"
+    ckpt.write_bytes(content)
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "m.onnx")
+    _one_line_error(rc, out, err, str(ckpt), "checkpoint")
+    assert os.listdir(tmp_path) == ["bad.pt"]
+
+
+def test_truncated_checkpoint(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "m.onnx")
+    _one_line_error(rc, out, err, str(ckpt))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unwritable_output(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "missing" / "m.onnx")
+    _one_line_error(rc, out, err, "missing", "does not exist")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permissions
+            pytest.skip("running as root: a read-only folder is still writable")
+        rc, out, err = cli("export", ckpt, "--out", locked / "m.onnx")
+        _one_line_error(rc, out, err, "not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_option_errors(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    out = tmp_path / "m.onnx"
+    _one_line_error(*cli("export", ckpt, "--out", out, "--int8"), "--int8 needs --calibration")
+    _one_line_error(*cli("export", ckpt, "--out", out, "--int8", "--fp16", "--calibration", ckpt), "choose one")
+    _one_line_error(*cli("export", ckpt, "--out", out, "--calibration", ckpt), "only used with --int8")
+    _one_line_error(*cli("export", ckpt, "--out", out, "--level", "all"), "--level")
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    _one_line_error(*cli("export", ckpt, "--out", out, "--cutouts", tmp_path / "bad.npy"), "bad.npy", ".npy")
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 3, 8, 8), np.float32))
+    _one_line_error(*cli("export", ckpt, "--out", out, "--cutouts", tmp_path / "wrong.npy"), "expected N×1×36×36")
+    _one_line_error(*cli("export", tmp_path / "none.pt", "--out", out), "none.pt", "not found")
+    assert not out.exists()
