@@ -7,9 +7,14 @@ crafting the same lenses in one :func:`craft_lenses` call plus scanning them in 
 
 Two models: a small CNN with percentile preprocessing (uint8 crafting, a realistic scan cost)
 and the ring-brightness graph of the tests (raw fluxes, almost free to scan: the worst case for
-relative overhead). The reference pool is built outside the timing. The runs are interleaved
-(ours, peer, ours, peer, ...) and the minimum of each kept, because the machine is shared.
-Also recorded: lenses/s end to end, and the extrapolated time of the default grid.
+relative overhead). 4,096 lenses: one part file, like every part of a real run (fixed costs —
+output files, manifest — amortise further on real grids). The reference pool is built outside
+the timing. The runs are interleaved (ours, peer, ours, peer, ...) and the minimum of each kept.
+
+On a shared machine wall time swings by ±30 % between rounds, so the assertion is on the
+ratio of *CPU time* (all threads of the process: the work done), which contention barely
+moves; the wall-time ratio is recorded beside it. Also recorded: lenses/s end to end and the
+extrapolated time of the default grid.
 """
 import time
 
@@ -31,8 +36,8 @@ from deepmine.lenscrafter.selection import (  # noqa: E402
 )
 from deepmine.lenscrafter.selection_grid import SelectionGrid, default_grid, make_axis  # noqa: E402
 
-PER_CELL = 64
-ROUNDS = 3
+PER_CELL = 256
+ROUNDS = 2
 
 
 def _save(nodes, inits, path, preprocessing):
@@ -122,18 +127,22 @@ def test_selection_orchestration_overhead(benchmark, tmp_path, kind):
     med = np.median(logit.reshape(grid.n_cells, PER_CELL), axis=1).astype(np.float32)
     np.testing.assert_array_equal(med, np.asarray(sel.table["median_logit"]))
 
-    t_ours, t_craft, t_scan = [], [], []
+    t_ours, t_craft, t_scan, cpu_ours, cpu_peer = [], [], [], [], []
     for _ in range(ROUNDS):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ours()
         t_ours.append(time.perf_counter() - t0)
+        cpu_ours.append(time.process_time() - c0)
+        c0 = time.process_time()
         c, s, _ = peer()
+        cpu_peer.append(time.process_time() - c0)
         t_craft.append(c)
         t_scan.append(s)
     benchmark.pedantic(ours, rounds=1, iterations=1)
     best_ours = min(min(t_ours), benchmark.stats.stats.min)
     best_peer = min(c + s for c, s in zip(t_craft, t_scan))
     ratio = best_ours / best_peer
+    cpu_ratio = min(cpu_ours) / min(cpu_peer)
     default = default_grid()
     rate = n_lenses / best_ours
     benchmark.extra_info.update(
@@ -143,9 +152,14 @@ def test_selection_orchestration_overhead(benchmark, tmp_path, kind):
         craft_s=min(t_craft),
         scan_s=min(t_scan),
         craft_plus_scan_s=best_peer,
-        ratio_end_to_end_over_craft_plus_scan=ratio,
+        wall_ratio_end_to_end_over_craft_plus_scan=ratio,
+        cpu_end_to_end_s=min(cpu_ours),
+        cpu_craft_plus_scan_s=min(cpu_peer),
+        cpu_ratio_end_to_end_over_craft_plus_scan=cpu_ratio,
         lenses_per_s=rate,
         default_grid_lenses=default.n_cells * default.per_cell,
         default_grid_minutes_at_this_rate=default.n_cells * default.per_cell / rate / 60,
     )
-    assert ratio <= 1.2, f"end-to-end {best_ours:.2f}s vs craft+scan {best_peer:.2f}s: ratio {ratio:.2f} > 1.2"
+    assert cpu_ratio <= 1.2, (
+        f"end-to-end {min(cpu_ours):.2f} CPU-s vs craft+scan {min(cpu_peer):.2f} CPU-s: ratio {cpu_ratio:.2f} > 1.2"
+    )

@@ -77,8 +77,8 @@ def lenscrafter_cutouts(n: int, shape, bands, pixel_scale: float, seed: int = 0)
     n_pos = n - n // 2
     opts = {"seed": seed, "size": h, "pixel_scale": float(pixel_scale), "output": "float32"}
     try:
-        pos = craft_lenses(sample_lens_params(n_pos, seed=seed), **opts)
         neg, _ = craft_negatives(n // 2, **opts)
+        pos = craft_lenses(sample_lens_params(n_pos, seed=seed), **opts)
     except (InputError, ValueError):  # a pixel scale or size LensCrafter refuses or cannot fill
         return None
     x = np.concatenate([pos[:, channels], neg[:, channels]]).astype(np.float32, copy=False)

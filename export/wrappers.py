@@ -87,7 +87,8 @@ class ClassifierGraph(nn.Module):
 
 
 class GeneratorGraph(nn.Module):
-    """``latent`` → ``image`` in 0..1 around a generator (``output_range`` = its native range)."""
+    """``latent`` → ``image`` in 0..1 around a generator: its own ``images(latent)`` when it has
+    one (LensGenerator), else its output mapped from ``output_range`` (its native range)."""
 
     def __init__(self, model: nn.Module, output_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
@@ -96,8 +97,11 @@ class GeneratorGraph(nn.Module):
             raise InputError(f"export: generator output_range must be increasing, got {output_range!r}")
         self.model = model
         self.lo, self.span = lo, hi - lo
+        self.own = callable(getattr(model, "images", None))
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.own:
+            return self.model.images(latent)
         img = self.model(latent)
         if self.lo != 0.0 or self.span != 1.0:
             img = (img - self.lo) / self.span
@@ -112,7 +116,8 @@ def wrap(model: nn.Module, task: str, architecture: str, scores: str | None = No
     if task == "generator":
         cfg = getattr(model, "deepmine_config", None) or {}
         rng = cfg.get("output_range") or getattr(model, "output_range", None) or (0.0, 1.0)
-        return GeneratorGraph(model, tuple(rng)).eval(), {"output_range": [float(v) for v in rng]}
+        g = GeneratorGraph(model, tuple(rng)).eval()
+        return g, {"output_range": [float(v) for v in rng], "images": "model.images" if g.own else "mapped"}
     raise InputError(f"export: task must be 'classifier' or 'generator', got {task!r}")
 
 

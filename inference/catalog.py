@@ -39,6 +39,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .atomic import atomic_path
 from .errors import InputError, MissingDependencyError, file_error
 
@@ -95,29 +97,70 @@ def _fits_header_cards(meta: dict) -> list[tuple[str, object]]:
     return cards
 
 
-def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = None) -> dict[str, Path]:
+def _write_fits_chunked(table, path: Path, chunk: int) -> None:
+    """A one-BINTABLE FITS file written ``chunk`` rows at a time (memory: one chunk, not a copy
+    of the whole table). Column formats come from the dtypes, which every chunk shares (a str
+    column has one width for the whole table), so the rows are those of ``table_to_hdu(table)``."""
+    from astropy.io import fits
+
+    plain = table.copy(copy_data=False)
+    plain.meta = {}
+    n = len(plain)
+    hdu = fits.table_to_hdu(plain[:0])
+    for key, value in _fits_header_cards(table.meta):
+        hdu.header[key] = value
+    hdu.header["EXTNAME"] = "CATALOG"
+    hdu.header["NAXIS2"] = n
+    row_bytes = hdu.header["NAXIS1"]
+    with open(path, "wb") as fh:
+        fits.PrimaryHDU().writeto(fh)
+        fh.write(hdu.header.tostring().encode("ascii"))
+        for start in range(0, n, chunk):
+            part = fits.table_to_hdu(plain[start:start + chunk])
+            if part.header["NAXIS1"] != row_bytes:  # pragma: no cover - dtypes are shared
+                raise RuntimeError("catalogue chunk has a different row layout")
+            rows = np.asarray(part.data)
+            big = np.dtype([(name, rows.dtype.fields[name][0].newbyteorder(">")) for name in rows.dtype.names])
+            fh.write(rows.astype(big).tobytes())  # FITS is big-endian
+        fh.write(b"\0" * ((-(n * row_bytes)) % 2880))
+
+
+def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
+    """ECSV written ``chunk`` rows at a time (astropy formats each chunk; the header once)."""
+    import io
+
+    n = len(table)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for start in range(0, max(n, 1), chunk):
+            buf = io.StringIO()
+            table[start:start + chunk].write(buf, format="ascii.ecsv")
+            text = buf.getvalue()
+            if start > 0:  # drop the YAML header and the column-name line
+                lines = text.splitlines(keepends=True)
+                k = 0
+                while k < len(lines) and lines[k].startswith("#"):
+                    k += 1
+                text = "".join(lines[k + 1:])
+            fh.write(text)
+
+
+def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = None, *,
+                  chunk: int = 50_000) -> dict[str, Path]:
     """Write ``table`` in each format, atomically; return {format: path}.
 
     Provenance keys of ``table.meta`` (upper case, ≤ 8 characters; see the module docstring)
-    become FITS header cards (long strings continue over CONTINUE cards).
+    become FITS header cards (long strings continue over CONTINUE cards). FITS and ECSV are
+    written ``chunk`` rows at a time, so writing needs little memory beyond the table itself.
     """
-    from astropy.io import fits
-
     fmts = parse_formats(None) if formats is None else formats
     paths = catalog_paths(out, fmts)
     for fmt, path in paths.items():
         if fmt == "fits":
-            plain = table.copy(copy_data=False)
-            plain.meta = {}
-            hdu = fits.table_to_hdu(plain)
-            for key, value in _fits_header_cards(table.meta):
-                hdu.header[key] = value
-            hdu.header["EXTNAME"] = "CATALOG"
             with atomic_path(path, suffix=".fits") as tmp:
-                fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, overwrite=True)
+                _write_fits_chunked(table, tmp, chunk)
         elif fmt == "ecsv":
             with atomic_path(path, suffix=".ecsv") as tmp:
-                table.write(tmp, format="ascii.ecsv", overwrite=True)
+                _write_ecsv_chunked(table, tmp, chunk)
         elif fmt == "parquet":
             with atomic_path(path, suffix=".parquet") as tmp:
                 table.write(tmp, format="parquet", overwrite=True)
@@ -178,6 +221,7 @@ def read_catalog(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
         text = str(exc).strip()
         raise file_error(p, f"not a readable catalogue ({text.splitlines()[0] if text else type(exc).__name__})") from None
+    table.convert_bytestring_to_unicode()
     for name in table.colnames:
         dt = table[name].dtype
         if dt.kind == "O":

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 import time
@@ -78,7 +79,6 @@ __all__ = [
     "cli_cluster",
     "CLUSTER_HELP",
     "WORKERS_HELP",
-    "THREADS_HELP",
     "CLUSTER_OPT_HELP",
 ]
 
@@ -96,7 +96,6 @@ CLUSTER_HELP = (
 )
 WORKERS_HELP = ("With --cluster: worker processes (local), batch jobs (slurm/pbs), or workers to wait "
                 "for (address). Default (local): Dask's split of the cores.")
-THREADS_HELP = "With --cluster: cores given to each worker (onnxruntime/Numba threads)."
 CLUSTER_OPT_HELP = ("With --cluster slurm/pbs: a dask-jobqueue setting KEY=VALUE (queue, account, walltime, "
                     "memory, job_extra_directives, ...); repeatable.")
 
@@ -254,7 +253,8 @@ class ModelSessionPlugin:
         self.model_path = None if model_path is None else str(model_path)
         self.device = device
         self.threads = threads
-        self.name = f"deepmine-model-{Path(str(model_path)).name}-{device}-{threads}"
+        tag = hashlib.sha1(str(self.model_path).encode()).hexdigest()[:8]
+        self.name = f"deepmine-model-{Path(str(model_path)).name}-{tag}-{device}-{threads}"
 
     def setup(self, worker=None):
         from .model import get_model
@@ -299,7 +299,6 @@ class _Guarded:
 
     def __init__(self, fn: Callable):
         self.fn = fn
-        functools.update_wrapper(self, fn, updated=())
 
     def __call__(self, item):
         try:
@@ -414,7 +413,8 @@ class Backend:
         if errors not in ("raise", "return"):
             raise ValueError(f"errors: expected 'raise' or 'return', got {errors!r}")
         token = uuid.uuid4().hex[:8]
-        name = getattr(fn, "__name__", None) or type(fn).__name__
+        base = fn.func if isinstance(fn, functools.partial) else fn
+        name = getattr(base, "__name__", None) or type(base).__name__  # the dashboard's task name
         keys = [f"{name}-{token}-{i:07d}" for i in range(len(items))]
         guarded = _Guarded(fn)
         futures = self.client.map(guarded, items, key=keys, pure=False, retries=int(retries))
@@ -519,6 +519,10 @@ def _dashboard(client) -> str | None:
     return link
 
 
+def _threads(t: int) -> str:
+    return f"{t} thread" + ("" if t == 1 else "s")
+
+
 def _default_log(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -547,7 +551,7 @@ def connect(
     threads_per_worker: int | None = None,
     options: Iterable[str] | dict | None = None,
     dashboard_address: str | None = ":8787",
-    wait_timeout: float = 60.0,
+    wait_timeout: float = 30.0,
     log: Callable[[str], None] | None = _default_log,
     quiet: bool = True,
 ) -> Iterator[Backend]:
@@ -587,7 +591,7 @@ def connect(
             stack.callback(cl.close)
             client = Client(cl, set_as_default=False)
             backend = Backend(client, cl, spec, t, log)
-            summary = f"local cluster: {n} workers × {t} threads"
+            summary = f"local cluster: {n} workers × {_threads(t)}"
         elif spec.kind in BATCH_KINDS:
             cl, t = _batch_cluster(spec, dashboard_address)
             stack.callback(cl.close)
@@ -615,7 +619,7 @@ def connect(
                                      f"within {wait_timeout:.0f} s") from None
             t = spec.threads_per_worker or _attached_threads(client)
             backend = Backend(client, None, spec, t, log)
-            summary = f"attached to {spec.target}: {backend.n_workers} workers, {t} threads per task"
+            summary = f"attached to {spec.target}: {backend.n_workers} workers, {_threads(t)} per task"
         stack.callback(client.close)
         log(summary)
         log(f"dashboard: {backend.dashboard_link}" if backend.dashboard_link

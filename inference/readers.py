@@ -109,6 +109,13 @@ class SourceSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """:meth:`to_dict` with a directory's file list shortened (for catalogue headers)."""
+        d = asdict(self)
+        if self.kind == "fits_dir" and len(self.paths) > 3:
+            d["paths"] = self.paths[:2] + [f"... {len(self.paths)} files in all"]
+        return d
+
 
 @dataclass
 class Block:
@@ -169,8 +176,14 @@ def cutout_flags(images: np.ndarray, flags: np.ndarray | None = None) -> np.ndar
     """NONFINITE / BLANK / BAND_BLANK flags of N×C×H×W cutouts, OR-ed into ``flags``."""
     x = np.ascontiguousarray(images)
     out = np.zeros(x.shape[0], dtype=np.int32) if flags is None else flags
-    if x.shape[0]:
-        _flags_kernel(x, out)
+    if not x.shape[0]:
+        return out
+    if x.dtype.kind in "ui":  # no NaN possible: vectorised min/max per band
+        planes = x.reshape(x.shape[0], x.shape[1], -1)
+        blank = (planes.min(axis=2) == planes.max(axis=2)).sum(axis=1)
+        out |= np.where(blank == x.shape[1], FLAG_BLANK, np.where(blank > 0, FLAG_BAND_BLANK, 0)).astype(np.int32)
+        return out
+    _flags_kernel(x, out)
     return out
 
 

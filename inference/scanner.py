@@ -312,7 +312,7 @@ def scan(
         "DM_SHA": model.sha256,
         "DM_META": json.loads(model.metadata.to_json()),
         "DM_VERS": __version__,
-        "DM_INPUT": [s.to_dict() for s in specs],
+        "DM_INPUT": [s.summary() for s in specs],
         "DM_PROV": model.provider,
         "DM_BATCH": int(b),
         "DM_THRD": -1 if threads is None else int(threads),

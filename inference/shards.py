@@ -22,6 +22,7 @@ Part file arrays: ``id`` int64, ``source_idx`` int32 into ``sources`` (str), ``i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -48,7 +49,9 @@ CATALOG_COLUMNS = ("id", "source", "index", "ra", "dec", "x", "y", "logit", "pro
 @dataclass(frozen=True)
 class Shard:
     """Objects ``start:stop`` of input ``spec`` (number ``spec_index`` of the scan), whose
-    catalogue ids are ``first_id .. first_id + (stop - start) - 1``. Holds no pixels."""
+    catalogue ids are ``first_id .. first_id + (stop - start) - 1``. Holds no pixels. For a
+    directory of cutouts, ``spec`` lists only the shard's own files (``start`` is then 0 and
+    ``spec.options["first"]`` the position of its first file in the directory)."""
 
     shard_id: int
     spec_index: int
@@ -80,7 +83,12 @@ def plan_shards(inputs: Iterable[SourceSpec], shard_size: int = DEFAULT_SHARD_SI
     for k, spec in enumerate(inputs):
         for start in range(0, spec.n, int(shard_size)):
             stop = min(start + int(shard_size), spec.n)
-            shards.append(Shard(len(shards), k, spec, start, stop, first_id + start))
+            if spec.kind == "fits_dir":  # carry only this shard's files, not the whole directory
+                sub = dataclasses.replace(spec, paths=spec.paths[start:stop], n=stop - start,
+                                          options={**spec.options, "first": start})
+                shards.append(Shard(len(shards), k, sub, 0, stop - start, first_id + start))
+            else:
+                shards.append(Shard(len(shards), k, spec, start, stop, first_id + start))
         first_id += spec.n
     return shards
 
@@ -237,53 +245,78 @@ def merge_parts(parts: Iterable[str | os.PathLike], *, reference=None, with_spec
     one), ``ordinality_ref``. Refuses duplicate ids. Skipped files are in
     ``table.meta["skipped"]``. ``with_spec_index`` keeps the internal ``spec_index`` column
     (which input each row came from) for re-reading cutouts.
+
+    Memory: the catalogue itself (about 70 bytes per row plus the ``source`` strings, 4 bytes
+    per character) and one copy of it while concatenating; parts given in shard order (as
+    :func:`plan_shards` numbers them) are already in id order and are not permuted.
     """
     from astropy.table import Table
 
     from .pool import ReferencePool
     from .ranking import ordinality
 
-    cols: dict[str, list] = {k: [] for k in ("id", "index", "ra", "dec", "x", "y", "logit", "probability",
-                                             "flags", "spec_index")}
-    source: list[np.ndarray] = []
+    names = ("id", "index", "ra", "dec", "x", "y", "logit", "probability", "flags", "spec_index")
+    dtypes = {"id": np.int64, "index": np.int64, "ra": np.float64, "dec": np.float64, "x": np.float64,
+              "y": np.float64, "logit": np.float32, "probability": np.float32, "flags": np.int32,
+              "spec_index": np.int32, "source_idx": np.int32}
+    paths = [Path(p) for p in parts]
+    sizes = []
+    for p in paths:  # first pass: row counts only (npz members load lazily)
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                sizes.append(int(z["id"].shape[0]))
+        except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
+            raise file_error(p, f"damaged part file ({exc}); delete it and its .done marker, then --resume") from None
+    n = int(sum(sizes))
+    cat = {k: np.empty(n, dtype=dt) for k, dt in dtypes.items()}  # filled in place: no second copy
+    sources: list[str] = []
+    source_of: dict[str, int] = {}
     skipped: list[list[str]] = []
-    for p in parts:
-        d = _load_part(Path(p))
-        for k in cols:
-            cols[k].append(d[k])
-        source.append(d["sources"][d["source_idx"]] if d["id"].size else np.array([], dtype=str))
+    at = 0
+    for p, size in zip(paths, sizes):
+        d = _load_part(p)
+        sl = slice(at, at + size)
+        for k in names:
+            cat[k][sl] = d[k]
+        remap = np.array([source_of.setdefault(str(name), len(source_of)) for name in d["sources"]], dtype=np.int32)
+        sources.extend(list(source_of)[len(sources):])
+        if size:
+            cat["source_idx"][sl] = remap[d["source_idx"]]
         skipped.extend([list(r) for r in d["skipped"]])
-    cat = {k: (np.concatenate(v) if v else np.array([])) for k, v in cols.items()}
-    src = np.concatenate(source) if source else np.array([], dtype=str)
-    order = np.argsort(cat["id"], kind="stable")
-    cat = {k: v[order] for k, v in cat.items()}
-    src = src[order]
-    if cat["id"].size > 1 and np.any(np.diff(cat["id"]) == 0):
-        dup = cat["id"][1:][np.diff(cat["id"]) == 0][0]
-        raise InputError(f"merge: object id {dup} appears in more than one part file (parts from different scans?)")
-    n = cat["id"].size
-    logit = cat["logit"].astype(np.float32)
+        at += size
+        del d
+    ids = cat["id"]
+    if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
+        order = np.argsort(ids, kind="stable")
+        cat = {k: v[order] for k, v in cat.items()}
+        ids = cat["id"]
+        if np.any(ids[1:] == ids[:-1]):
+            dup = ids[1:][ids[1:] == ids[:-1]][0]
+            raise InputError(f"merge: object id {dup} appears in more than one part file (parts from different scans?)")
+    logit = cat["logit"]
     finite = np.isfinite(logit)
-    ordn = np.full(n, np.nan)
-    if finite.any():
-        ordn[finite] = ordinality(logit[finite])
-    table = Table()
-    table["id"] = cat["id"].astype(np.int64)
-    table["source"] = src.astype(str)
-    table["index"] = cat["index"].astype(np.int64)
-    for k in ("ra", "dec", "x", "y"):
-        table[k] = cat[k].astype(np.float64)
-    table["logit"] = logit
-    table["probability"] = cat["probability"].astype(np.float32)
-    table["ordinality"] = ordn
+    all_finite = bool(finite.all())
+    if all_finite and n:
+        ordn = ordinality(logit)
+    else:
+        ordn = np.full(n, np.nan)
+        if finite.any():
+            ordn[finite] = ordinality(logit[finite])
+    out: dict[str, np.ndarray] = {"id": ids}
+    name_arr = np.array(sources if sources else [""], dtype=str)
+    out["source"] = name_arr[cat.pop("source_idx")]
+    for k in ("index", "ra", "dec", "x", "y", "logit", "probability"):
+        out[k] = cat.pop(k)
+    out["ordinality"] = ordn
     if reference is not None:
         pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
         oref = np.full(n, np.nan)
         if finite.any():
-            oref[finite] = pool.ordinality(logit[finite])
-        table["ordinality_ref"] = oref
-    table["flags"] = cat["flags"].astype(np.int32)
+            oref[finite] = pool.ordinality(logit if all_finite else logit[finite])
+        out["ordinality_ref"] = oref
+    out["flags"] = cat.pop("flags")
     if with_spec_index:
-        table["spec_index"] = cat["spec_index"].astype(np.int32)
+        out["spec_index"] = cat.pop("spec_index")
+    table = Table(out, copy=False)
     table.meta["skipped"] = skipped
     return table

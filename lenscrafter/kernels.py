@@ -29,6 +29,7 @@ import math
 import numba as nb
 import numpy as np
 
+from .vmath import _FAST, vatan, vexp, vlog, vsincos_2pi
 from .profiles import NPREP, sersic_prep, sersic_set_cutoff, sersic_shape, sie_alpha, sie_prep
 
 #: Profiles are truncated where they fall below this many counts per pixel (far below any noise).
@@ -68,15 +69,52 @@ def _uniform(st):  # pragma: no cover
     return (float(_mix(st[0]) >> np.uint64(11)) + 0.5) * _TWO53
 
 
-@nb.njit(cache=True)
-def _poisson_small(lam, st):  # pragma: no cover
-    """Exact Poisson deviate (Knuth's product of uniforms), for small ``lam``."""
-    limit = math.exp(-lam)
+@nb.njit(cache=True, fastmath=_FAST)
+def uniforms(st, out):  # pragma: no cover - compiled
+    """Fill ``out`` with the next ``out.size`` uniforms of stream ``st`` (SIMD loop).
+
+    Identical to ``out.size`` successive :func:`_uniform` calls.
+    """
+    base = st[0]
+    for i in range(out.size):
+        z = _mix(base + np.uint64(i + 1) * _GOLDEN)
+        out[i] = (float(z >> np.uint64(11)) + 0.5) * _TWO53
+    st[0] = base + np.uint64(out.size) * _GOLDEN
+
+
+@nb.njit(cache=True, fastmath=_FAST)
+def normals(st, out, t1, t2):  # pragma: no cover - compiled
+    """Fill ``out`` (even or odd size) with N(0, 1) deviates by the Box-Muller transform.
+
+    ``t1``, ``t2`` are float64 scratch arrays of at least ``(out.size + 1) // 2`` elements.
+    """
+    m = (out.size + 1) // 2
+    u1 = t1[:m]
+    u2 = t2[:m]
+    uniforms(st, u1)
+    uniforms(st, u2)
+    lg = np.empty(m)
+    sn = np.empty(m)
+    vlog(u1, lg, sn)
+    vsincos_2pi(u2, sn, u1)  # u1 now holds cos
+    for i in range(m):
+        rr = math.sqrt(-2.0 * lg[i])
+        out[i] = rr * u1[i]
+        if m + i < out.size:
+            out[m + i] = rr * sn[i]
+
+
+@nb.njit(cache=True, inline="always")
+def _poisson_small(lam, st):  # pragma: no cover - compiled
+    """Exact Poisson deviate by inversion (sequential search from 0), for small ``lam``."""
+    u = _uniform(st)
+    p = math.exp(-lam)
+    cdf = p
     k = 0
-    p = _uniform(st)
-    while p > limit:
+    while u > cdf and k < 1000:
         k += 1
-        p *= _uniform(st)
+        p *= lam / k
+        cdf += p
     return k
 
 
@@ -130,28 +168,30 @@ def gaussian_noise_plane(img, sigma, st):  # pragma: no cover
     """In place: add N(0, sigma²) to every pixel."""
     flat = img.ravel()
     m = flat.size
-    k = 0
-    while k < m:
-        z1, z2 = _normal_pair(st)
-        flat[k] += sigma * z1
-        if k + 1 < m:
-            flat[k + 1] += sigma * z2
-        k += 2
+    z = np.empty(m)
+    t1 = np.empty((m + 1) // 2)
+    t2 = np.empty((m + 1) // 2)
+    normals(st, z, t1, t2)
+    for k in range(m):
+        flat[k] += sigma * z[k]
 
 
 @nb.njit(cache=True)
 def photon_and_sky_noise_plane(img, gain, sigma, st):  # pragma: no cover
     """In place: photon noise (``gain`` e⁻/count; 0 = none) and sky noise N(0, sigma²) at once.
 
-    Where the mean is below :data:`POISSON_EXACT_BELOW` electrons the photon count is an exact
-    Poisson deviate; elsewhere photon and sky noise are one normal deviate of variance
-    ``sigma² + img/gain`` (the normal approximation of the Poisson part).
+    Where the mean is below :data:`POISSON_EXACT_BELOW` electrons and the sky variance is less
+    than 10× the photon variance, the photon count is an exact Poisson deviate; elsewhere photon
+    and sky noise are one normal deviate of variance ``sigma² + img/gain`` (where the sky
+    dominates that much the shape of the photon noise's distribution is invisible).
     """
     flat = img.ravel()
     m = flat.size
     s2 = sigma * sigma
-    spare = 0.0
-    have = False
+    z = np.empty(m)
+    t1 = np.empty((m + 1) // 2)
+    t2 = np.empty((m + 1) // 2)
+    normals(st, z, t1, t2)
     for k in range(m):
         v = flat[k]
         lam = v * gain
@@ -159,19 +199,11 @@ def photon_and_sky_noise_plane(img, gain, sigma, st):  # pragma: no cover
         if gain > 0.0:
             if lam <= 0.0:
                 v = 0.0
-            elif lam < POISSON_EXACT_BELOW:
+            elif lam < POISSON_EXACT_BELOW and s2 * gain * gain < 10.0 * lam:
                 v = _poisson_small(lam, st) / gain
             else:
                 var += v / gain
-        if var > 0.0:
-            if have:
-                z = spare
-                have = False
-            else:
-                z, spare = _normal_pair(st)
-                have = True
-            v += math.sqrt(var) * z
-        flat[k] = v
+        flat[k] = v + math.sqrt(var) * z[k]
 
 
 @nb.njit(cache=True)
@@ -200,25 +232,25 @@ def convolve_separable(src, rows, cols, tmp, out):  # pragma: no cover
 
 
 @nb.njit(cache=True, inline="always", fastmath=True)
-def _component_value(kind, row, p, x, y):  # pragma: no cover
-    """Normalised profile of one component at (x, y); ``p`` = its :func:`sersic_prep` constants."""
+def _component_value(kind, row, pre, j, x, y):  # pragma: no cover
+    """Normalised profile of component j at (x, y); ``pre[j]`` = its :func:`sersic_prep` constants."""
     if kind == SERSIC:
-        return sersic_shape(x, y, p)
-    dx = x - p[7]
-    dy = y - p[8]
-    xp = p[5] * dx + p[6] * dy
-    yp = -p[6] * dx + p[5] * dy
+        return sersic_shape(x, y, pre, j)
+    dx = x - pre[j, 7]
+    dy = y - pre[j, 8]
+    xp = pre[j, 5] * dx + pre[j, 6] * dy
+    yp = -pre[j, 6] * dx + pre[j, 5] * dy
     if kind == TRAIL:
         t = yp / row[4]
         return math.exp(-0.5 * t * t)
-    r = math.sqrt(p[2] * xp * xp + p[3] * yp * yp)
+    r = math.sqrt(pre[j, 2] * xp * xp + pre[j, 3] * yp * yp)
     if kind == RING:
         t = (r - row[4]) / row[5]
         return math.exp(-0.5 * t * t)
     if kind == SPIRAL:
-        sq = math.sqrt(p[2])
+        sq = math.sqrt(pre[j, 2])
         arg = row[13] * (math.atan2(yp / sq, xp * sq) - math.log(max(r, 1e-4) / row[4]) * row[14])
-        return sersic_shape(x, y, p) * max(0.0, 1.0 + row[12] * math.cos(arg + row[15]))
+        return sersic_shape(x, y, pre, j) * max(0.0, 1.0 + row[12] * math.cos(arg + row[15]))
     return 0.0
 
 
@@ -262,7 +294,38 @@ def render_scene(comp, k0, k1, lens, pixel_scale, supersample, buf):  # pragma: 
     step = pixel_scale / s
     x0 = -(wp - 1) * 0.5 * pixel_scale - 0.5 * pixel_scale + 0.5 * step
     y0 = -(hp - 1) * 0.5 * pixel_scale - 0.5 * pixel_scale + 0.5 * step
-    if ext > 0:
+    nser = 0
+    for j in range(ext):
+        if kinds[j] == SERSIC:
+            nser += 1
+    if nser > 0 and s == 1:  # fast path (lenses, most galaxies): SIMD row loops over the Sersics
+        sel = np.empty(nser, dtype=np.int64)
+        other = np.empty(ext - nser, dtype=np.int64)
+        a = 0
+        o = 0
+        for j in range(ext):
+            if kinds[j] == SERSIC:
+                sel[a] = j
+                a += 1
+            else:
+                other[o] = j
+                o += 1
+        _render_rows_sersic(lensed, lp, nser, planes[sel], pre[sel], amps[sel], x0, y0, step, buf)
+        # the remaining (non-Sersic) components go through the generic loop below
+        kinds_g = kinds[other]
+        planes_g = planes[other]
+        pre_g = pre[other]
+        amps_g = amps[other]
+        rowidx_g = rowidx[other]
+        ext_g = ext - nser
+    else:
+        kinds_g = kinds[:ext]
+        planes_g = planes[:ext]
+        pre_g = pre[:ext]
+        amps_g = amps[:ext]
+        rowidx_g = rowidx[:ext]
+        ext_g = ext
+    if ext_g > 0:
         for r in range(hp):
             for c in range(wp):
                 a0 = 0.0
@@ -278,16 +341,16 @@ def render_scene(comp, k0, k1, lens, pixel_scale, supersample, buf):  # pragma: 
                             ax, ay = sie_alpha(x, y, lp)
                             xs = x - ax
                             ys = y - ay
-                        for j in range(ext):
-                            kd = kinds[j]
-                            row = comp[rowidx[j]]
-                            if planes[j] == 1:
-                                v = _component_value(kd, row, pre[j], xs, ys)
+                        for j in range(ext_g):
+                            kd = kinds_g[j]
+                            row = comp[rowidx_g[j]]
+                            if planes_g[j] == 1:
+                                v = _component_value(kd, row, pre_g, j, xs, ys)
                             else:
-                                v = _component_value(kd, row, pre[j], x, y)
-                            a0 += amps[j, 0] * v
-                            a1 += amps[j, 1] * v
-                            a2 += amps[j, 2] * v
+                                v = _component_value(kd, row, pre_g, j, x, y)
+                            a0 += amps_g[j, 0] * v
+                            a1 += amps_g[j, 1] * v
+                            a2 += amps_g[j, 2] * v
                 buf[0, r, c] += a0 * inv
                 buf[1, r, c] += a1 * inv
                 buf[2, r, c] += a2 * inv
@@ -309,6 +372,83 @@ def render_scene(comp, k0, k1, lens, pixel_scale, supersample, buf):  # pragma: 
                 wgt = (tr if dr else 1.0 - tr) * (tc if dc else 1.0 - tc)
                 for ch in range(nch):
                     buf[ch, rr, cc] += wgt * comp[k, 9 + ch]
+
+
+@nb.njit(cache=True, fastmath=_FAST)
+def _render_rows_sersic(lensed, lp, ext, planes, pre, amps, x0, y0, step, buf):  # pragma: no cover
+    """Row-by-row rendering of Sersic-only scenes with the vectorisable math of :mod:`.vmath`.
+
+    Same formulae as :func:`sie_alpha` and :func:`sersic_shape` (tested equal to 1e-12).
+    """
+    nch, hp, wp = buf.shape
+    xs = np.empty(wp)
+    sx = np.empty(wp)
+    sy = np.empty(wp)
+    t1 = np.empty(wp)
+    t2 = np.empty(wp)
+    t3 = np.empty(wp)
+    t4 = np.empty(wp)
+    for c in range(wp):
+        xs[c] = x0 + c * step
+    for r in range(hp):
+        y = y0 + r * step
+        if lensed:
+            b, eps, q2, s, qs, cphi, sphi, cx, cy, circ, s2 = (lp[0], lp[1], lp[2], lp[3], lp[4], lp[5], lp[6],
+                                                              lp[7], lp[8], lp[9], lp[10])
+            dy = y - cy
+            for c in range(wp):
+                dx = xs[c] - cx
+                xp = cphi * dx + sphi * dy
+                yp = -sphi * dx + cphi * dy
+                psi = math.sqrt(q2 * (s2 + xp * xp) + yp * yp)
+                t1[c] = eps * xp / (psi + s)
+                z = eps * yp / (psi + qs)
+                t2[c] = (1.0 + z) / (1.0 - z)
+                t4[c] = z
+            if circ > 0.5:
+                for c in range(wp):  # eps = 1 here: t1, t4 hold x'/(psi+s) and y'/(psi+q²s)
+                    t3[c] = t1[c]
+                    t2[c] = t4[c]
+            else:
+                vatan(t1, t3)
+                vlog(t2, t4, sx)
+                for c in range(wp):
+                    t2[c] = 0.5 * t4[c]  # atanh
+            for c in range(wp):
+                axp = b * t3[c]
+                ayp = b * t2[c]
+                sx[c] = xs[c] - (cphi * axp - sphi * ayp)
+                sy[c] = y - (sphi * axp + cphi * ayp)
+        for j in range(ext):
+            p0, bn, q, iq, ire2, cphi, sphi, cx, cy, floor, cut = (pre[j, 0], pre[j, 1], pre[j, 2], pre[j, 3],
+                                                                   pre[j, 4], pre[j, 5], pre[j, 6], pre[j, 7],
+                                                                   pre[j, 8], pre[j, 9], pre[j, 10])
+            src = lensed and planes[j] == 1
+            for c in range(wp):
+                if src:
+                    dx = sx[c] - cx
+                    dy = sy[c] - cy
+                else:
+                    dx = xs[c] - cx
+                    dy = y - cy
+                xp = cphi * dx + sphi * dy
+                yp = -sphi * dx + cphi * dy
+                t1[c] = max((q * xp * xp + iq * yp * yp) * ire2, floor)
+            vlog(t1, t2, t3)
+            for c in range(wp):
+                t2[c] = p0 * t2[c]
+            vexp(t2, t3, t4)
+            for c in range(wp):
+                t3[c] = bn - bn * t3[c]
+            vexp(t3, t2, t4)
+            a0 = amps[j, 0]
+            a1 = amps[j, 1]
+            a2 = amps[j, 2]
+            for c in range(wp):
+                v = t2[c] if t1[c] <= cut else 0.0
+                buf[0, r, c] += a0 * v
+                buf[1, r, c] += a1 * v
+                buf[2, r, c] += a2 * v
 
 
 @nb.njit(parallel=True, cache=True)

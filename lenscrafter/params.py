@@ -100,15 +100,18 @@ def reference_lens_params(n: int = 1, literal: bool = False) -> Table:
 
 
 def _draw(rng, n, spec, name):
-    """An override: a scalar (fixed), a (low, high) pair (uniform) or an array of length n."""
+    """An override: a number (fixed), a ``(low, high)`` tuple (uniform) or ``n`` values (array/list)."""
     if np.isscalar(spec):
         return np.full(n, float(spec))
+    if isinstance(spec, tuple) and len(spec) == 2:
+        lo, hi = float(spec[0]), float(spec[1])
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+            raise InputError(f"{name}: range {spec!r} must be finite with low <= high")
+        return rng.uniform(lo, hi, n)
     arr = np.asarray(spec, dtype=np.float64)
-    if arr.shape == (2,) and n != 2:
-        return rng.uniform(arr[0], arr[1], n)
     if arr.shape == (n,):
         return arr
-    raise InputError(f"{name}: expected a number, a (low, high) pair or {n} values, got shape {arr.shape}")
+    raise InputError(f"{name}: expected a number, a (low, high) tuple or {n} values, got shape {arr.shape}")
 
 
 def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
@@ -125,8 +128,8 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
       scatter; position uniform over a disc of radius 0.6·θ_E around the deflector (inside the
       caustic region, so arcs and rings form).
 
-    ``overrides`` replace any column: a number (fixed), a ``(low, high)`` pair (uniform) or an
-    array of ``n`` values, e.g. ``sample_lens_params(100, theta_e=(0.1, 6.0), m_g_src=24)``.
+    ``overrides`` replace any column: a number (fixed), a ``(low, high)`` tuple (uniform) or an
+    array (or list) of ``n`` values, e.g. ``sample_lens_params(100, theta_e=(0.1, 6.0), m_g_src=24)``.
     The result is validated (:func:`check_lens_params`).
     """
     n = int(n)

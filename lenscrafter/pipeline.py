@@ -11,8 +11,13 @@
 
 Units: images are counts per pixel for the zero point (27.0 = HSC coadds); arrays are
 ``(..., H, W)`` with the band axis (if any) third from last, channel order i, r, g
-(R, G, B) as stored by HSC cutouts. The order shot noise → PSF follows the seed (Figure 4.2);
-with coadd gains of ~10³ electrons per count shot noise is small next to the sky noise.
+(R, G, B) as stored by HSC cutouts.
+
+Order of the noise: these functions run in the seed's order (shot noise, then PSF). The batched
+:func:`~deepmine.lenscrafter.synth.craft_lenses` draws photon noise *after* the PSF, as a
+detector counts photons that the atmosphere has already spread (shot noise before the PSF would
+be smoothed by it); with coadd gains of ~10³ electrons per count the photon noise is far below
+the sky noise, so the two orders give images that cannot be told apart.
 
 Default observing conditions (:data:`HSC`): median HSC-Wide seeing FWHM i 0.58″, r 0.76″,
 g 0.77″; sky noise per 0.168″ pixel i 0.077, r 0.064, g 0.045 counts (5σ point-source depths
@@ -192,7 +197,7 @@ def _per_band(value, a: np.ndarray, name: str) -> np.ndarray:
     return np.broadcast_to(v, a.shape[:-2]).copy()
 
 
-def shot_noise(ems, gain=HSC["gain"], seed: int = 0) -> np.ndarray:
+def shot_noise(ems, gain=1000.0, seed: int = 0) -> np.ndarray:
     """Poisson photon noise: ``Poisson(ems·gain)/gain`` per pixel (negative fluxes → 0).
 
     ``gain`` in electrons per count (scalar or per band); returns a new float64 array.

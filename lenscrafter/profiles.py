@@ -150,16 +150,17 @@ def sersic_set_cutoff(p, amp_max, floor):  # pragma: no cover - compiled
 
 
 @nb.njit(cache=True, inline="always", fastmath=True)
-def sersic_shape(x, y, p):  # pragma: no cover - compiled
-    """Sersic profile normalised to 1 at R_eff, from prepared constants (:func:`sersic_prep`)."""
-    dx = x - p[7]
-    dy = y - p[8]
-    xp = p[5] * dx + p[6] * dy
-    yp = -p[6] * dx + p[5] * dy
-    r2 = max((p[2] * xp * xp + p[3] * yp * yp) * p[4], p[9])
-    if r2 > p[10]:
+def sersic_shape(x, y, pre, j):  # pragma: no cover - compiled
+    """Sersic profile normalised to 1 at R_eff, from prepared constants ``pre[j]`` (:func:`sersic_prep`)."""
+    dx = x - pre[j, 7]
+    dy = y - pre[j, 8]
+    xp = pre[j, 5] * dx + pre[j, 6] * dy
+    yp = -pre[j, 6] * dx + pre[j, 5] * dy
+    r2 = max((pre[j, 2] * xp * xp + pre[j, 3] * yp * yp) * pre[j, 4], pre[j, 9])
+    if r2 > pre[j, 10]:
         return 0.0
-    return math.exp(p[1] - p[1] * math.exp(p[0] * math.log(r2)))
+    bn = pre[j, 1]
+    return math.exp(bn - bn * math.exp(pre[j, 0] * math.log(r2)))
 
 
 @nb.njit(cache=True)
@@ -172,10 +173,10 @@ def _sie_array(x, y, theta_e, q, phi, cx, cy, ax, ay):  # pragma: no cover
 
 @nb.njit(cache=True)
 def _sersic_array(x, y, amp, r_eff, n, q, phi, cx, cy, out):  # pragma: no cover
-    p = np.empty(NPREP)
-    sersic_prep(r_eff, n, q, math.cos(phi), math.sin(phi), cx, cy, p)
+    p = np.empty((1, NPREP))
+    sersic_prep(r_eff, n, q, math.cos(phi), math.sin(phi), cx, cy, p[0])
     for k in range(x.size):
-        out[k] = amp * sersic_shape(x[k], y[k], p)
+        out[k] = amp * sersic_shape(x[k], y[k], p, 0)
 
 
 def _check_scalar(name: str, value, low: float, high: float, low_open: bool = False) -> float:
@@ -261,9 +262,7 @@ def sersic_total_flux(amp, r_eff, n):
     """
     n = np.asarray(n, dtype=np.float64)
     bn = np.maximum(1.9992 * n - 0.3271, 1e-5)
-    from math import lgamma
-
-    lg = np.vectorize(lgamma, otypes=[np.float64])(2.0 * n)
+    lg = math.lgamma(2.0 * float(n)) if n.ndim == 0 else np.vectorize(math.lgamma, otypes=[np.float64])(2.0 * n)
     return np.asarray(amp) * 2.0 * np.pi * n * np.asarray(r_eff) ** 2 * np.exp(bn + lg - 2.0 * n * np.log(bn))
 
 

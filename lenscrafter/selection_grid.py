@@ -294,7 +294,7 @@ DEFAULT_AXES = {
     "theta_e": (0.1, 6.0, 8, "log"),
     "e_fg": (0.0, 0.5, 4, "linear"),
 }
-DEFAULT_PER_CELL = 8
+DEFAULT_PER_CELL = 4
 
 
 def default_grid(per_cell: int = DEFAULT_PER_CELL, known=None) -> SelectionGrid:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 
 CMAP = "viridis"
 
@@ -54,10 +53,10 @@ def _title(sel) -> str:
     prov = sel.provenance
     s = sel.summary()
     model = Path(str(prov.get("model", "model"))).name
-    return (f"Selection function of {model}: detected = ordinality > {sel.cut:g} "
-            f"({s['lenses']:,} lenses, {s['cells']:,} cells, pool {prov.get('pool_size', '?'):,})"
-            if isinstance(prov.get("pool_size"), int) else
-            f"Selection function of {model}: ordinality > {sel.cut:g} ({s['lenses']:,} lenses)")
+    pool = prov.get("pool_size")
+    pool_text = f", pool of {pool:,} negatives" if isinstance(pool, int) else ""
+    return (f"Selection function of {model}: detected = ordinality > {sel.cut:g}\n"
+            f"{s['lenses']:,} lenses in {s['cells']:,} cells{pool_text}")
 
 
 def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
@@ -109,12 +108,13 @@ def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
             elif i != j:
                 ax.tick_params(labelleft=False)
     if mesh is not None:
-        cax = fig.add_axes([0.62, 0.72, 0.3, 0.025])
+        cax = fig.add_axes([0.62, 0.72, 0.3, 0.025] if k > 2 else [0.68, 0.74, 0.26, 0.03])
         cb = fig.colorbar(mesh, cax=cax, orientation="horizontal")
         cb.set_label(f"detection fraction (ordinality > {sel.cut:g})", fontsize=9)
         cb.ax.tick_params(labelsize=8)
     fig.suptitle(title or _title(sel), fontsize=10, y=0.995)
-    fig.subplots_adjust(left=0.08, right=0.93, bottom=0.07, top=0.96, wspace=0.08, hspace=0.08)
+    fig.subplots_adjust(left=0.55 / size + 0.03, right=1 - 0.75 / size, bottom=0.5 / size + 0.02,
+                        top=1 - 0.55 / size, wspace=0.08, hspace=0.08)
     p = _save(fig, path)
     plt.close(fig)
     return p

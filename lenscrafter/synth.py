@@ -1,8 +1,10 @@
 """Batched synthesis: a lens parameter table → an N×3×H×W stack of i, r, g cutouts.
 
 One compiled kernel (:func:`kernels.render_batch`) renders each scene on a grid padded by the
-PSF half-width (so light from just outside the cutout is blurred in), adds shot noise,
-convolves with the PSF, crops and adds sky noise, in parallel over scenes (``numba.prange``).
+PSF half-width (so light from just outside the cutout is blurred in), convolves with the PSF
+(separable SVD terms: one for a Gaussian), crops, and adds photon and sky noise, in parallel
+over scenes (``numba.prange``). Profiles are truncated where they fall below 1e-7 counts per
+pixel (:data:`kernels.PROFILE_FLOOR`), far below any sky noise.
 Scene i draws its noise from the stream ``(seed, i)``: output is identical for any thread count
 and any chunking (``index_offset``).
 """

@@ -1,18 +1,16 @@
 """The Dask backend on one embedded LocalCluster (2 single-thread workers) shared by the module:
 mapping, retries, worker deaths, the scanner's shards and the selection function's parts."""
-import functools
 import os
 import signal
 import time
-import uuid
 
 import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
 
-from deepmine.inference.cluster import connect  # noqa: E402
-from deepmine.inference.errors import DeepmineError, InputError  # noqa: E402
+from deepmine.inference.cluster import connect, map_shards  # noqa: E402
+from deepmine.inference.errors import InputError  # noqa: E402
 from fixtures_models import blobs, make_classifier  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -84,6 +82,13 @@ def test_map_keeps_order_feeds_progress_and_uses_worker_processes(cluster):
     assert cluster.describe()["workers"] == 2
 
 
+def test_map_shards_attaches_to_a_running_scheduler(cluster):
+    address = cluster.client.scheduler.address
+    res = map_shards(_square, [3, 1, 2], cluster=address, workers=2, progress=True, log=None)
+    assert [r[0] for r in res] == [9, 1, 4]
+    assert cluster.n_workers == 2  # attaching and detaching leaves the cluster running
+
+
 def test_bad_input_is_reported_once_not_retried(cluster, tmp_path):
     path = tmp_path / "attempts.txt"
     with pytest.raises(InputError, match="not a cutout file"):
@@ -146,7 +151,7 @@ def scan_data(tmp_path_factory):
     from deepmine.inference.scanner import scan
 
     d = tmp_path_factory.mktemp("clusterscan")
-    model = make_classifier(d / "slow.onnx", shape=(3, 32, 32), conv_channels=32)
+    model = make_classifier(d / "slow.onnx", shape=(3, 32, 32), conv_channels=16)
     np.save(d / "a.npy", blobs(1500, shape=(3, 32, 32), seed=5))
     np.save(d / "b.npy", blobs(700, shape=(3, 32, 32), seed=6))
     inputs = [str(d / "a.npy"), str(d / "b.npy")]
@@ -236,15 +241,21 @@ def test_unreadable_shard_fails_with_one_line_or_is_skipped(cluster, tmp_path):
 
 
 # -- the selection function's parts ----------------------------------------------------------
+@pytest.mark.slow  # up to a minute when the workers compile LensCrafter's Numba kernels (cold cache)
 def test_selection_function_on_the_cluster_equals_local(cluster, tmp_path):
     from deepmine.inference.model import get_model
-    from deepmine.lenscrafter.selection import build_reference_pool, selection_function
+    from deepmine.lenscrafter.selection import CRAFT_LENSES, build_reference_pool, plan_parts, selection_function
     from deepmine.lenscrafter.selection_grid import SelectionGrid, make_axis
 
     model = make_classifier(tmp_path / "sel.onnx", shape=(3, 32, 32))
     pool = build_reference_pool(get_model(model, "cpu", 1), 400, seed=1)
-    grid = SelectionGrid(axes=[make_axis("theta_e", 0.3, 3.0, 4, "log"), make_axis("m_arc", 18, 26, 3)], per_cell=64)
-    kw = dict(pool=pool, per_cell=64, seed=3, part_lenses=256, threads=1, device="cpu")  # 3 parts of 4 cells
+    # 6 cells in craft chunks of 4 cells, one chunk per part: 2 parts, whatever CRAFT_LENSES is
+    per_cell = CRAFT_LENSES // 4
+    grid = SelectionGrid(axes=[make_axis("theta_e", 0.3, 3.0, 2, "log"), make_axis("m_arc", 18, 26, 3)],
+                         per_cell=per_cell)
+    kw = dict(pool=pool, per_cell=per_cell, seed=3, part_lenses=CRAFT_LENSES, threads=1, device="cpu")
+    n_parts = len(plan_parts(grid, per_cell, CRAFT_LENSES))
+    assert n_parts == 2
     local = selection_function(model, grid, workdir=tmp_path / "local", **kw)
     done = []
     dist = selection_function(model, grid, workdir=tmp_path / "dist", map_parts=cluster.map_parts,
@@ -252,4 +263,4 @@ def test_selection_function_on_the_cluster_equals_local(cluster, tmp_path):
     assert sum(done) == grid.n_cells
     for col in ("cell", "n", "n_detected", "fraction", "mean_ordinality", "median_logit"):
         np.testing.assert_array_equal(np.asarray(dist.table[col]), np.asarray(local.table[col]), err_msg=col)
-    assert len(list((tmp_path / "dist").glob("part-*.fits"))) == 3  # parts written by the workers
+    assert len(list((tmp_path / "dist").glob("part-*.fits"))) == n_parts  # parts written by the workers

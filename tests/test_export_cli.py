@@ -99,14 +99,18 @@ def test_unwritable_output(tmp_path, cli):
     ckpt, _ = _checkpoint(tmp_path, "lensflow")
     rc, out, err = cli("export", ckpt, "--out", tmp_path / "missing" / "m.onnx")
     _one_line_error(rc, out, err, "missing", "does not exist")
+    (tmp_path / "adir").mkdir()
+    _one_line_error(*cli("export", ckpt, "--out", tmp_path / "adir"), "adir", "is a directory")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write to a read-only folder")
+def test_read_only_output_folder(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):  # root ignores permissions
-            pytest.skip("running as root: a read-only folder is still writable")
-        rc, out, err = cli("export", ckpt, "--out", locked / "m.onnx")
-        _one_line_error(rc, out, err, "not writable")
+        _one_line_error(*cli("export", ckpt, "--out", locked / "m.onnx"), "not writable")
     finally:
         locked.chmod(0o700)
 
@@ -124,3 +128,37 @@ def test_option_errors(tmp_path, cli):
     _one_line_error(*cli("export", ckpt, "--out", out, "--cutouts", tmp_path / "wrong.npy"), "expected N×1×36×36")
     _one_line_error(*cli("export", tmp_path / "none.pt", "--out", out), "none.pt", "not found")
     assert not out.exists()
+
+
+def test_export_lensgenerator_checkpoint(tmp_path, cli):
+    from deepmine.training.registry import available_models
+
+    if "lensgenerator" not in available_models():
+        pytest.skip("the LensGenerator is not registered in this tree")
+    torch.manual_seed(0)
+    gen = create_model("lensgenerator", latent_dim=8, features=4, size=16)
+    ckpt = save_checkpoint(tmp_path / "gen.pt", gen, PROVENANCE)
+    out = tmp_path / "gen.onnx"
+    rc, stdout, err = cli("export", ckpt, "--out", out)
+    assert rc == 0, err
+    meta, _ = read_metadata(out)
+    assert meta.task == "generator" and meta.input_shape == [8] and meta.parity["fp32"]["max_abs_image"] <= 1e-5
+    assert meta.extra["export"]["images"] == "model.images"
+    import onnxruntime as ort
+
+    z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    (img,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"latent": z})
+    with torch.no_grad():
+        want = gen.eval().images(torch.from_numpy(z)).numpy()
+    assert img.shape == (3, 3, 16, 16) and 0.0 <= img.min() and img.max() <= 1.0
+    np.testing.assert_allclose(img, want, atol=1e-5)
+
+
+def test_export_without_check_or_optimisation(tmp_path, cli):
+    ckpt, _ = _checkpoint(tmp_path, "lensflow")
+    out = tmp_path / "m.onnx"
+    rc, stdout, err = cli("export", ckpt, "--out", out, "--no-check", "--no-optimize")
+    assert rc == 0, err
+    assert "parity     not checked (--no-check)" in stdout
+    meta, _ = read_metadata(out)
+    assert meta.parity == {"checked": False} and meta.extra["export"]["optimization"] == "none"

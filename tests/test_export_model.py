@@ -1,6 +1,5 @@
 """deepmine.export.export_model on small torch modules: graph, parity, metadata, precision."""
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -231,3 +230,21 @@ def test_rp_change_without_labels_uses_fp32_decisions():
     r = parity_mod.rp_change(fp32, fp32[::-1].copy(), None)
     assert r["rp_fp32"] == 1.0 and r["rp_int8"] == -1.0 and not r["passed"]
     assert parity_mod.rp_change(fp32, fp32 + 1e-3, None)["passed"]
+
+
+def test_dynamo_failure_falls_back_with_the_reason_recorded(tmp_path, monkeypatch):
+    real = torch.onnx.export
+
+    def dynamo_broken(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("unsupported operator in this test")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_broken)
+    with pytest.warns(ExportWarning, match="falling back to the TorchScript exporter"):
+        path = export_model(TinyNet(), tmp_path / "m.onnx", _meta(), np.zeros((2, 3, 16, 16), np.float32),
+                            scores="softmax")  # fmt: skip
+    meta, _ = read_metadata(path)
+    info = meta.extra["export"]
+    assert info["exporter"] == "torchscript" and "unsupported operator in this test" in info["fallback_reason"]
+    assert meta.parity["passed"] and "BatchNormalization" not in op_counts(onnx.load(str(path)))

@@ -134,3 +134,17 @@ def test_second_grader_stretch_and_zoom(browser, served, tmp_path):
     page.keyboard.press("PageUp")
     _wait(lambda: page.locator("#tile-11.current").count() == 1)
     assert not errors, errors
+
+
+def test_a_grade_that_cannot_be_saved_is_shown_and_not_kept(browser, served, tmp_path):
+    session, url = served
+    page, errors = _open(browser, url)
+    session.grades_path.mkdir()                     # the grades file cannot be written any more
+    page.keyboard.press("a")
+    _wait(lambda: page.locator("#toast.error").is_visible())
+    assert "grade NOT saved" in page.inner_text("#toast")
+    _wait(lambda: page.locator("#tile-0.current").count() == 1)   # back on the candidate
+    _wait(lambda: page.inner_text("#tile-0 .badge") == "·")        # no grade shown
+    assert session.log.actions == [] and "graded 0 / 60" in page.inner_text("#progress-text")
+    _shot(page, tmp_path, "inspect-save-failed.png")
+    assert not errors, errors

@@ -44,6 +44,8 @@ def test_help_lists_serve_and_export(cli):
     assert rc == 0 and "serve" in out and "export" in out
     rc, out, _ = cli("inspect", "export", "--help")
     assert rc == 0 and "--negatives" in out and "--lenses" in out
+    rc, _, err = cli("inspect", "exprot", "grades.ecsv")
+    assert rc == 2 and "no command 'exprot' (did you mean 'export'?)" in err
 
 
 def test_killed_server_loses_nothing_and_restart_resumes(tmp_path):

@@ -145,3 +145,21 @@ def test_no_lens_and_a_source_outside_the_cutout_are_fine():
 def test_profiles_reject_out_of_range_parameters(call):
     with pytest.raises(InputError, match="out of range"):
         call()
+
+
+def test_vectorised_math_matches_numpy():
+    from deepmine.lenscrafter.vmath import vatan, vexp, vlog
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-50, 50, 5000), np.linspace(-699, 700, 5000), [0.0, 1e-12]])
+    out, tmp = np.empty_like(x), np.empty_like(x)
+    vexp(x, out, tmp)
+    np.testing.assert_allclose(out, np.exp(x), rtol=1e-14)
+    y = np.exp(rng.uniform(-700, 700, 5000))
+    out, tmp = np.empty_like(y), np.empty_like(y)
+    vlog(y, out, tmp)
+    np.testing.assert_allclose(out, np.log(y), rtol=1e-14, atol=1e-15)
+    z = np.concatenate([rng.standard_cauchy(5000), [0.0, 1e300, -1e-300]])
+    out = np.empty_like(z)
+    vatan(z, out)
+    np.testing.assert_allclose(out, np.arctan(z), rtol=1e-14)

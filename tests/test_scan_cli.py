@@ -145,3 +145,68 @@ def test_survey_scan_from_cli_with_tiles_and_catalogue(tmp_path, toy, cli):
     assert len(inside) == 6 * 6
     best = inside[np.argmax(inside["logit"])]
     assert abs(best["x"] - 40) <= 8 and abs(best["y"] - 70) <= 8 and np.isfinite(best["ra"])
+
+
+@pytest.mark.parametrize("n", [0, 1, 1003])
+def test_chunked_catalogue_writing_round_trips_every_format(tmp_path, n):
+    from deepmine.inference.catalog import write_catalog
+
+    rng = np.random.default_rng(n)
+    t = Table({"id": np.arange(n), "source": np.array(["a.npy", "dir/b.fits"])[np.arange(n) % 2],
+               "index": np.arange(n), "ra": rng.random(n), "logit": rng.random(n).astype(np.float32),
+               "probability": rng.random(n).astype(np.float32), "ordinality": rng.random(n),
+               "flags": (np.arange(n) % 5).astype(np.int32)})
+    if n:
+        t["ra"][0] = np.nan
+    t.meta.update({"DM_SHA": "sha256:" + "a" * 64, "DM_META": {"template": [0.5] * 300}, "DM_VERS": "0.1"})
+    paths = write_catalog(t, tmp_path / "c.fits", ["fits", "ecsv", "parquet"], chunk=100)
+    with fits.open(paths["fits"]) as hdul:
+        hdul.verify("exception")
+    for path in paths.values():
+        r = read_catalog(path)
+        assert r.colnames == t.colnames and len(r) == n
+        for c in t.colnames:
+            assert r[c].dtype.kind == t[c].dtype.kind, (path, c)
+            np.testing.assert_array_equal(np.asarray(r[c]), np.asarray(t[c]))
+        assert r.meta["DM_META"] == {"template": [0.5] * 300} and r.meta["DM_SHA"] == t.meta["DM_SHA"]
+
+
+def test_read_catalog_errors(tmp_path):
+    from deepmine.inference.errors import InputError
+
+    with pytest.raises(InputError, match="nope.fits: catalogue not found"):
+        read_catalog(tmp_path / "nope.fits")
+    (tmp_path / "e.ecsv").write_text("")
+    with pytest.raises(InputError, match="e.ecsv: catalogue is empty"):
+        read_catalog(tmp_path / "e.ecsv")
+    (tmp_path / "bad.fits").write_bytes(b"garbage" * 100)
+    with pytest.raises(InputError, match="bad.fits: not a readable catalogue"):
+        read_catalog(tmp_path / "bad.fits")
+    Table({"a": [1, 2]}).write(tmp_path / "other.ecsv")
+    with pytest.raises(InputError, match="other.ecsv: not a deepmine scan catalogue \\(no column id"):
+        read_catalog(tmp_path / "other.ecsv")
+
+
+def test_scan_runs_with_torch_blocked(tmp_path, toy):
+    import subprocess
+    import sys
+    import textwrap
+
+    np.save(tmp_path / "a.npy", blobs(40, shape=(3, 32, 32)))
+    code = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class _NoTorch(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch.") or name == "onnxscript":
+                    raise ImportError(name + " is blocked in this test")
+        sys.meta_path.insert(0, _NoTorch())
+        from deepmine.inference.cli.app import main
+        rc = main(["scan", {str(tmp_path / 'a.npy')!r}, "--model", {str(toy)!r}, "--out", {str(tmp_path / 'o.fits')!r},
+                   "--mosaic", {str(tmp_path / 'm.png')!r}, "--top", "4"])
+        assert "torch" not in sys.modules
+        sys.exit(rc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "DEEPMINE_NO_PROGRESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(read_catalog(tmp_path / "o.fits")) == 40 and (tmp_path / "m.png").stat().st_size > 0

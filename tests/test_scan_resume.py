@@ -90,3 +90,21 @@ def test_kill_9_mid_scan_then_resume_loses_and_duplicates_nothing(tmp_path):
                  progress=False)
     np.testing.assert_array_equal(t["logit"], read_catalog(fresh.catalog)["logit"])
     assert not parts.exists()
+
+
+def test_directory_shards_carry_only_their_own_files(tmp_path):
+    from astropy.io import fits
+
+    from deepmine.inference.metadata import ModelMetadata
+    from deepmine.inference.readers import resolve_inputs
+
+    meta = ModelMetadata(architecture="toy", input_shape=[3, 16, 16])
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(7):
+        fits.PrimaryHDU(np.full((3, 16, 16), i, np.float32)).writeto(d / f"c{i}.fits")
+    np.save(tmp_path / "a.npy", np.zeros((2, 3, 16, 16), np.uint8))
+    specs, _ = resolve_inputs([tmp_path / "a.npy", d], meta)
+    shards = plan_shards(specs, 3)
+    assert [(s.first_id, s.n, len(s.spec.paths)) for s in shards[1:]] == [(2, 3, 3), (5, 3, 3), (8, 1, 1)]
+    assert shards[2].spec.paths[0].endswith("c3.fits") and shards[2].spec.options["first"] == 3

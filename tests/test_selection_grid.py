@@ -164,3 +164,26 @@ def test_marginals_sum_counts_in_requested_order(tmp_path):
         np.testing.assert_array_equal(back.cube("n_detected"), cube)
     with pytest.raises(InputError, match="more than one part"):
         assemble(g, [part, part[:3]])
+
+
+def test_lens_tables_reference_and_prior():
+    from deepmine.lenscrafter.params import REFERENCE
+    from deepmine.lenscrafter.selection import lens_params_for_cells
+
+    axes = [make_axis("theta_e", 0.3, 3.0, 2, "log"), make_axis("m_arc", 20, 24, 2)]
+    ref = SelectionGrid(axes=axes, fixed={"m_g_fg": 27.0})
+    p, craft_seed, offset = lens_params_for_cells(ref, np.arange(1, 4), 5, seed=1)
+    assert len(p) == 15 and offset == 5 and list(np.unique(p["cell"])) == [1, 2, 3]
+    assert np.all(p["m_g_fg"] == 27.0) and np.all(p["n_fg"] == REFERENCE["n_fg"])
+    assert np.all(p["theta_e"][p["cell"] == 1] < 0.95) and np.all(p["m_g_src"][p["cell"] == 1] >= 22)
+    # the same cell gets the same lenses whichever chunk it is crafted in
+    q, seed2, _ = lens_params_for_cells(ref, np.arange(2, 4), 5, seed=1)
+    np.testing.assert_array_equal(q["theta_e"], p["theta_e"][5:])
+    assert craft_seed == seed2
+    prior = SelectionGrid(axes=axes, others="prior")
+    p = lens_params_for_cells(prior, np.arange(4), 200, seed=2)[0]
+    assert np.std(p["n_fg"]) > 0.5  # drawn, not the reference value
+    # priors put the source within 0.6 θ_E of the deflector, using the grid's θ_E
+    assert np.all(np.hypot(p["src_x"], p["src_y"]) <= 0.6 * p["theta_e"] + 1e-12)
+    with pytest.raises(InputError, match="consecutive"):
+        lens_params_for_cells(ref, np.array([0, 2]), 5, seed=1)

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from deepmine.inference.errors import InputError  # noqa: E402
 from deepmine.inference.metadata import ModelMetadata  # noqa: E402
+import deepmine.lenscrafter.selection as selection_module  # noqa: E402
 from deepmine.lenscrafter.selection import (  # noqa: E402
     SelectionFunction,
     build_reference_pool,
@@ -123,14 +124,17 @@ def test_parts_do_not_change_the_lenses(files, measured):
 
 
 def test_chunks_are_aligned_runs():
-    chunks = chunks_of(np.array([0, 1, 2, 5, 6, 7, 8, 9]), per_cell=64)  # 4 cells per chunk
+    chunks = chunks_of(np.array([0, 1, 2, 5, 6, 7, 8, 9]), per_cell=256)  # 4 cells per chunk
     assert [c.tolist() for c in chunks] == [[0, 1, 2], [5, 6, 7], [8, 9]]
     g = SelectionGrid(axes=[make_axis("m_arc", 18, 27, 10)])
-    parts = plan_parts(g, per_cell=100, part_lenses=500)
+    parts = plan_parts(g, per_cell=400, part_lenses=2000)
     assert np.array_equal(np.concatenate(parts), np.arange(10)) and all(len(p) % 2 == 0 for p in parts[:-1])
 
 
-def test_resume_after_interruption(files, measured, tmp_path):
+def test_resume_after_interruption(files, measured, tmp_path, monkeypatch):
+    # smaller craft chunks than the default, so the 16 cells make two parts (this also
+    # checks that the chunk size does not change the lenses)
+    monkeypatch.setattr(selection_module, "CRAFT_LENSES", 256)
     g = read_grid(files["grid"])
     work = tmp_path / "parts"
     calls = []
@@ -194,7 +198,7 @@ def test_cli_negatives_file_and_dry_run(cli, files, tmp_path):
     assert rc == 0, err
     assert SelectionFunction.load(out).provenance["pool_size"] == 300
     rc, stdout, _ = cli("selection", "--out", tmp_path / "x.fits", "--dry-run")
-    assert rc == 0 and "theta_e" in stdout and "131,072 lenses" in stdout
+    assert rc == 0 and "theta_e" in stdout and "65,536 lenses" in stdout
     assert not (tmp_path / "x.fits").exists()
 
 
@@ -224,3 +228,40 @@ def test_cli_option_errors(cli, files, tmp_path):
     rc, _, err = cli("selection", "--model", files["model"], "--out", tmp_path / "nofolder" / "s.fits",
                      "--grid", files["grid"], "--reference", files["pool"])
     assert rc == 2 and "does not exist" in err
+
+
+def test_map_parts_hook_runs_picklable_jobs(files, measured, tmp_path, monkeypatch):
+    """The hook a distributed backend uses: jobs pickle, run anywhere, write their own parts."""
+    import pickle
+
+    monkeypatch.setattr(selection_module, "CRAFT_LENSES", 256)
+    g = read_grid(files["grid"])
+    seen = []
+
+    def map_parts(job, todo):
+        for cells in todo:
+            seen.append(len(cells))
+            yield pickle.loads(pickle.dumps(job))(cells)
+
+    sel = selection_function(files["model"], g, pool=files["pool"], cut=0.99, seed=5, workdir=tmp_path,
+                             part_lenses=200, map_parts=map_parts)
+    assert seen == [10, 6] and len(list(tmp_path.glob("part-*.fits"))) == 2
+    np.testing.assert_array_equal(sel.table["n_detected"], measured.table["n_detected"])
+
+
+def test_cli_resume_reuses_parts_and_pool(cli, files, tmp_path):
+    out = tmp_path / "sel.fits"
+    args = ("selection", "--model", files["model"], "--grid", files["grid"], "--out", out, "--per-cell", 4,
+            "--pool-size", 400, "--cut", 0.99, "--keep-parts")
+    rc, _, err = cli(*args)
+    assert rc == 0, err
+    first = SelectionFunction.load(out)
+    work = tmp_path / "sel.parts"
+    # a part holds whole craft chunks (1024 lenses = 256 cells of 4 here): one part
+    assert (work / "pool.fits").is_file() and len(list(work.glob("part-*.fits"))) == 1
+    rc, _, err = cli(*args, "--resume")
+    assert rc == 0, err
+    again = SelectionFunction.load(out)
+    assert again.provenance["parts_resumed"] == again.provenance["parts"] == 1
+    np.testing.assert_array_equal(again.table["median_logit"], first.table["median_logit"])
+    assert again.provenance["pool"]["n_negatives"] == 400

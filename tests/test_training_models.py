@@ -87,6 +87,18 @@ def test_eznet_default_is_the_seed_50_block_table():
     assert outs[-1] == (64, 1, 1)
 
 
+def test_shipped_table_file_is_the_default():
+    from importlib import resources
+
+    from deepmine.training.eznet import DEFAULT_TABLE, normalize_table
+
+    path = resources.files("deepmine.training") / "tables" / "eznet_hsc64.toml"
+    rows, options = read_block_table(str(path))
+    assert rows == normalize_table(DEFAULT_TABLE)
+    assert options == {"in_channels": 3, "size": 64, "branching": 2, "hidden": 64}
+    assert create_model("eznet", table=str(path)).block_shapes == create_model("eznet").block_shapes
+
+
 def test_eznet_branching_and_concat_from_table(tmp_path):
     table = tmp_path / "t.toml"
     table.write_text(

@@ -157,6 +157,38 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(toy, tmp_path):
     assert all(torch.equal(v, _state(again.model_path)[k]) for k, v in _state(full.model_path).items())
 
 
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_cli(toy, tmp_path):
+    """A real kill (SIGKILL, no clean-up) of `deepmine train` mid-run, then --resume."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    common = ["eznet", str(toy / "tiny_eznet.toml"), "-p", str(toy / "pos.npy"), "-n", str(toy / "neg.npy"),
+              "--device", "cpu", "--set", "epochs=8"]  # fmt: skip
+    out = tmp_path / "killed"
+    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "deepmine.inference.cli", "train", *common, "-o", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "history.csv").exists() and len(read_history(out / "history.csv")) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(read_history(out / "history.csv"))
+    assert done >= 1
+    resumed = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", out, show_progress=False,
+                    resume=True, sets={"epochs": 8})  # fmt: skip
+    full = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "full", show_progress=False,
+                 sets={"epochs": 8})  # fmt: skip
+    ref, got = _state(full.model_path), _state(resumed.model_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref), f"killed after {done} epochs"
+    assert not list(out.glob(".*.tmp*"))  # no temporary files left behind by the resumed run
+
+
 def test_lensflow_phases(toy, tmp_path):
     res = train(toy / "tiny_lensflow.toml", toy / "pos1.npy", toy / "neg1.npy", tmp_path / "lf", show_progress=False,
                 extra_positives=toy / "tracers.npy", extra_negatives=toy / "false_pos.npy")  # fmt: skip
@@ -168,7 +200,8 @@ def test_lensflow_phases(toy, tmp_path):
     # coarse: 18 train positives + 18 train negatives; fine: top 30 % of the 18 negatives (6) + 4 false positives
     assert n_train["coarse"] == 36
     assert n_train["fine"] == 18 + 6 + 4
-    assert n_train["search"] == 18 + 4 + 6 + 4
+    # search: + 4 tracers; its own top 6 % of the 18 negatives (2) + 4 false positives
+    assert n_train["search"] == 18 + 4 + 2 + 4
     for name in ("pretrain", "coarse", "fine", "search"):
         assert (tmp_path / "lf" / f"phase-{name}.pt").is_file()
     model, info = load_checkpoint(res.model_path)
@@ -201,7 +234,7 @@ def test_bad_inputs_are_clear_errors(toy, tmp_path):
         train(r, toy / "pos1.npy", toy / "neg.npy", tmp_path / "o2", show_progress=False)
     with pytest.raises(InputError, match="--amp: automatic mixed precision needs a CUDA device"):
         train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o3", show_progress=False, device="cpu", amp=True)
-    with pytest.raises(InputError, match="--device tpu"):
+    with pytest.raises(InputError, match="--device .tpu.: expected cpu, cuda or auto"):
         train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o4", show_progress=False, device="tpu")
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="--out must be a folder"):
@@ -227,6 +260,11 @@ def test_cli_train_eznet(toy, tmp_path, cli):
     rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
                        "-o", tmp_path / "cli", "--set", "epochs=3", "--resume")  # fmt: skip
     assert rc == 2 and "different recipe" in err
+    # nothing held out: the figures are null, not NaN (which is not JSON)
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+                       "-o", tmp_path / "cli0", "--set", "epochs=1", "--set", "data.test_fraction=0", "--json")  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["heldout"]["ranking_performance"] is None
 
 
 @pytest.mark.parametrize(
@@ -258,6 +296,16 @@ def test_shipped_recipes_run_when_shrunk(toy, tmp_path):
     res = train("eznet", toy / "pos.npy", toy / "neg.npy", tmp_path / "ez", show_progress=False, sets=sets)
     assert len(res.history) == 1 and load_recipe("eznet").phases[0]["epochs"] == 250
     assert res.history[0]["lr"] == 0.1
+    # LensFlow exactly as Table 2.1 on 1×100×100 cutouts, all four phases, one epoch each
+    pos, neg = generic_two_class(12, (1, 100, 100), seed=21)
+    np.save(tmp_path / "p100.npy", pos)
+    np.save(tmp_path / "n100.npy", neg)
+    sets = {"epochs": 1, "phase.pretrain.generic_size": 12, "data.batch_positives": 8, "data.template_images": 8}
+    res = train("lensflow", tmp_path / "p100.npy", tmp_path / "n100.npy", tmp_path / "lf", show_progress=False,
+                sets=sets)  # fmt: skip
+    assert [r["phase"] for r in res.history] == ["pretrain", "coarse", "fine", "search"]
+    model, info = load_checkpoint(res.model_path)
+    assert info["deepmine_config"]["input_shape"] == [1, 100, 100] and model.layer_shapes[9] == ("flatten", (7290,))
 
 
 # ---------------------------------------------------------------- evidence

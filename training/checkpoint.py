@@ -15,22 +15,30 @@ i.e. only tensors, numbers, strings, lists, tuples and dicts inside)::
                                             #   pixel_scale, preprocessing (LensFlow: with the
                                             #   histogram template found at training time)
       "provenance": {                       # goes into the ONNX metadata's "training" field
-        "recipe": {...},                    #   the resolved recipe (dict)
-        "recipe_name": str,
+        "recipe": {...},                    #   resolved top-level recipe settings (model, data,
+                                            #   optimizer, schedule, early_stop, seed, ...)
+        "phases": [{...}],                  #   the resolved phases (each with its own sections)
+        "recipe_name": str, "recipe_source": str,
         "seed": int,
-        "data": {"positives": {"path", "sha256", "shape", "dtype"}, "negatives": {...},
-                 "extra_positives": ..., "extra_negatives": ...},
-        "split": {"n_train_positives", "n_test_positives", "n_train_negatives", "n_test_negatives"},
+        "data": {"positives": [{"path", "sha256", "shape", "dtype"}, ...], "negatives": [...],
+                 "extra_positives": [...], "extra_negatives": [...]},
+        "split": {"n_train_positives", "n_test_positives", "n_train_negatives",
+                  "n_test_negatives", "n_extra_positives", "n_extra_negatives"},
         "epochs": int,                      #   epochs completed (all phases)
-        "phases": [{"name", "epochs", "best_epoch", "heldout": {...}}],
-        "heldout": {"ranking_performance", "loss", "accuracy", "epoch", "phase"},
-        "deepmine_version": str, "torch_version": str, "device": str,
+        "phases_done": [{"name", "epochs", "best_epoch", "best", "metric", "stopped_early"}],
+        "heldout": {"ranking_performance", "loss", "accuracy", "epoch", "phase",
+                    "n_positives", "n_negatives"},   # model.pt: the final model on the held-out
+                                            #   set; checkpoint.pt: the latest epoch's figures
+        "deepmine_version": str, "torch_version": str, "device": str, "amp": bool,
       },
       "training_state": {                   # present in resumable checkpoints only
         "phase_index": int, "phase_epoch": int, "epoch": int,   # last completed
+        "phase_finished": bool,             # the phase ended (last epoch or early stop)
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": GradScaler state or None,
-        "rng": {"torch": ByteTensor, "numpy": bit-generator state, "python": tuple, "cuda": [...]},
+        "rng": {"torch": ByteTensor, "python": tuple, "cuda": [...]},   # NumPy draws come from
+                                            #   a generator seeded by (seed, phase, epoch)
+        "phases_done": [...],
         "history": [row dicts of history.csv],
         "early_stop": {"best", "best_epoch", "bad_epochs"},
         "best_state_dict": {...} or None,   # weights at the best held-out epoch of the phase
@@ -99,8 +107,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         data = torch.load(p, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise file_error(p, f"not a readable deepmine checkpoint ({first})") from None
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(exc).__name__)
+        raise file_error(p, f"not a readable deepmine checkpoint ({why[:200]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise file_error(p, "not a deepmine checkpoint (no 'format': 'deepmine-checkpoint'); "
                             "train with `deepmine train` to make one")  # fmt: skip

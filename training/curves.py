@@ -39,9 +39,11 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str = "") -
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         if ylim:
-            ax.set_ylim(*ylim)
+            values = [r[f"{s}_{key}"] for r in history for s in ("train", "test")]
+            low = min([v for v in values if not math.isnan(v)], default=0.0)
+            ax.set_ylim(min(ylim[0], low - 0.05), ylim[1])
         ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=8)
+        ax.legend(frameon=False, fontsize=8, loc="best")
     if title:
         fig.suptitle(title)
     p = Path(path)

@@ -32,6 +32,7 @@ block 2 12×4×4 → 40², block 3 12×3×3 → 32², block 4 → 24², blocks 5
 21–40 → 8², 41–50 32×1×1 → 1². The seed gives no branching rate for it; 2 is used (its
 Figure 3.5 example). Preprocessing: per-band percentile normalisation (seed 4.1).
 
+The same table ships as ``deepmine/training/tables/eznet_hsc64.toml``, to copy and edit.
 A user table is a TOML file (``[[block]]`` rows with the keys above, ``size = 16`` or
 ``size = [16, 16]`` allowed instead of height/width; optional top-level ``branching``,
 ``hidden``, ``in_channels``, ``size`` apply to the model) or an ECSV table with those columns.

@@ -14,7 +14,9 @@ convolutions, kernel 4, stride 2, padding 1, double the size each time::
 
 Every layer but the last is followed by BatchNorm and ReLU; the last by the output activation:
 ``tanh`` (DCGAN practice; images in −1..1, ``output_range = (-1, 1)``) or ``sigmoid`` (0..1).
-Biases are off where BatchNorm follows (it would cancel them). Weights are initialised as in
+Biases are off where BatchNorm follows (it would cancel them); the output layer has one (it
+lets the sky level reach the border pixels, which a transposed convolution reaches with half
+its kernel; without it a short training leaves a grey frame). Weights are initialised as in
 DCGAN: convolutions N(0, 0.02), BatchNorm scale N(1, 0.02), shift 0.
 
 Images in deepmine's convention are percentile-normalised uint8 cutouts / 255 (0..1, the
@@ -119,7 +121,9 @@ class LensGenerator(nn.Module):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
                        nn.ReLU(inplace=True)]
             width //= 2
-        layers.append(nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False))
+        # the output layer keeps its bias: no BatchNorm follows it, and a learned offset lets the
+        # dark sky reach the cutout's border pixels, which get half the kernel support inside
+        layers.append(nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=True))
         layers.append(nn.Tanh() if output == "tanh" else nn.Sigmoid())
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)

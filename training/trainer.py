@@ -357,6 +357,7 @@ class Trainer:
         except OSError as exc:
             raise file_error(self.out, f"cannot create the output folder ({exc.strerror})") from None
         check_writable(self.out / CHECKPOINT)
+        _remove_stale_temporaries(self.out)
         ckpt_path = self.out / CHECKPOINT
         state = None
         if ckpt_path.exists():
@@ -395,7 +396,7 @@ class Trainer:
             model = self._build_model()
         self._open_data(model)
         if state is not None:
-            if state["provenance"]["data"] != self.provenance_data:
+            if _data_identity(state["provenance"]["data"]) != _data_identity(self.provenance_data):
                 raise file_error(self.out / CHECKPOINT, "was trained on different data files (hashes differ); "
                                                         "resume with the same --positives/--negatives/--extra-*")  # fmt: skip
         elif model.deepmine_config["preprocessing"]["kind"] == "histogram_match" and hasattr(model, "set_template"):
@@ -506,7 +507,9 @@ class Trainer:
                             "best_state_dict": None if finished else best_sd, "phase_data": pdata["saved"],
                             "phases_done": phases_done,
                         }  # fmt: skip
-                        save_checkpoint(self.out / CHECKPOINT, model, self._provenance(global_epoch, phases_done, None), tstate)
+                        latest = {"ranking_performance": te_rp, "loss": te_loss, "accuracy": te_acc,
+                                  "epoch": global_epoch, "phase": phase["name"]}  # fmt: skip
+                        save_checkpoint(self.out / CHECKPOINT, model, self._provenance(global_epoch, phases_done, latest), tstate)
                     if self.on_epoch_end is not None:
                         self.on_epoch_end(dict(row))
                     if finished:
@@ -556,7 +559,7 @@ class Trainer:
             "phases_done": phases_done,
             "heldout": heldout or {},
             "deepmine_version": getattr(inf, "__version__", ""),
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
             "device": str(self.device),
             "amp": self.amp,
         }
@@ -567,6 +570,21 @@ class Trainer:
             w.writeheader()
             for row in history:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files that a run killed while writing left behind (see atomic_path)."""
+    ours = ("checkpoint", "model", "history", "recipe", "curves")
+    for stale in folder.glob(".*.tmp*"):
+        stem = stale.name.split(".")[1]
+        if stem in ours or stem.startswith("phase-"):
+            stale.unlink(missing_ok=True)
+
+
+def _data_identity(data: dict) -> dict:
+    """What must not change for a resume: the bytes (hash) and shapes of the given files."""
+    return {k: [(f["sha256"], list(f["shape"])) for f in data.get(k, [])]
+            for k in ("positives", "negatives", "extra_positives", "extra_negatives")}  # fmt: skip
 
 
 def _head_modules(model):

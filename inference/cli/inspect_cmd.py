@@ -6,6 +6,7 @@ stacks for ``deepmine train --extra-negatives / --extra-positives``.
 """
 from __future__ import annotations
 
+import difflib
 import getpass
 import threading
 from pathlib import Path
@@ -22,6 +23,10 @@ class _ServeByDefault(TyperGroup):
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            if not args[0].startswith("-") and not Path(args[0]).exists():
+                close = difflib.get_close_matches(args[0], list(self.commands), n=1)
+                if close:
+                    ctx.fail(f"no command {args[0]!r} (did you mean {close[0]!r}?) and no catalogue of that name")
             args = ["serve", *args]
         return super().parse_args(ctx, args)
 
@@ -58,7 +63,7 @@ def serve(
     grader: Optional[str] = typer.Option(None, "--grader", help="Your name, recorded with each grade "
                                          "[default: your user name]; the page can change it.", show_default=False),
     port: int = typer.Option(8050, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 lets other machines grade)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 lets other machines grade; there is no login, so only on a trusted network)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser; just print the address."),
 ) -> None:
     """Serve a local page to view and grade the top candidates: A / B / C (lens grades), N (not a

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from ..cluster import CLUSTER_HELP, CLUSTER_OPT_HELP, WORKERS_HELP, cli_cluster
 from .common import err_console, parse_fraction_or_count
 
 
@@ -41,7 +42,9 @@ def scan(
     keep_going: bool = typer.Option(False, "--keep-going", help="Skip unreadable files and list them."),
     formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet "
                                           "[default: fits,ecsv + parquet when pyarrow is installed]."),
-    # --cluster: added by the distributed backend; it builds an `executor` for scanner.scan.
+    cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    cluster_opt: Optional[List[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
 ) -> None:
     """Scan survey cutouts with an exported classifier; write a ranked catalogue (and a mosaic).
 
@@ -58,12 +61,13 @@ def scan(
         raise InputError(f"--stretch: expected one of {', '.join(STRETCHES)}, got {stretch!r}")
     import os
 
+    run = cli_cluster(cluster, workers, threads, cluster_opt, model=model, device=device)
     result = run_scan(
-        [str(p) for p in inputs], model, out, batch_size=batch_size, threads=threads, device=device,
+        [str(p) for p in inputs], model, out, batch_size=batch_size, threads=run.threads, device=device,
         shard_size=shard_size, resume=resume, reference=reference, top=top_value, mosaic=mosaic,
         keep_going=keep_going, progress=not os.environ.get("DEEPMINE_NO_PROGRESS"),
         formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
-        y_col=y_col, tile=tile, stride=stride, stretch=stretch,
+        y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
     )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"

@@ -3,7 +3,8 @@
 The sub-commands are thin: options are parsed here, the work is
 :func:`deepmine.training.trainer.train`. torch is imported inside the command, so
 ``deepmine --help`` stays torch-free and a torch-less install says what to install.
-The GAN helper adds ``deepmine train gan`` to :data:`train_app` from its own module.
+``deepmine train gan`` comes from ``train_gan_cmd.py`` (``register_train(train_app)``), see
+:func:`_register_extensions`.
 """
 from __future__ import annotations
 
@@ -77,7 +78,10 @@ def _run(
         summary["plot"] = str(result.plot_path)
     if as_json:
         import json
+        import math
 
+        # NaN (nothing held out: data.test_fraction = 0) is not JSON; write null
+        summary["heldout"] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.heldout.items()}
         print(json.dumps(summary))
         return
     h = result.heldout
@@ -136,6 +140,27 @@ def _command(architecture: str):
 
 for _name in ("lensflow", "eznet"):
     train_app.command(_name)(_command(_name))
+
+
+def _register_extensions() -> None:
+    """Sub-commands of ``deepmine train`` that live in other modules: a module
+    ``deepmine.inference.cli.train_<name>_cmd`` exposing ``register_train(train_app)`` (e.g.
+    ``train_gan_cmd`` adds ``deepmine train gan``). Missing modules are skipped."""
+    import importlib
+
+    for name in EXTENSIONS:
+        modname = f"{__package__}.train_{name}_cmd"
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue
+            raise
+        module.register_train(train_app)
+
+
+EXTENSIONS = ("gan",)
+_register_extensions()
 
 
 def register(app: typer.Typer) -> None:

@@ -81,11 +81,23 @@ function othersText(grades) {
   return Object.entries(grades || {}).filter(([who]) => who !== ui.grader).map(([who, g]) => `${esc(who)}:${g}`).join(" ");
 }
 
+function position(c) {
+  if (c.ra !== null && c.dec !== null) return `${fmt(c.ra, 4)} ${c.dec >= 0 ? "+" : ""}${fmt(c.dec, 4)}`;
+  if (c.x !== null && c.y !== null) return `x ${fmt(c.x, 1)} y ${fmt(c.y, 1)}`;
+  return `${c.source.split("/").pop()}[${c.index}]`;
+}
+
+function headHtml(c) {
+  return `<span>#${c.rank + 1} <span class="dim">id ${c.id}</span></span> ${gradeBadge((c.grades || {})[ui.grader])}`;
+}
+
 function tileHtml(c) {
-  const mine = (c.grades || {})[ui.grader];
+  const ord = c.ordinality_ref !== null ? c.ordinality_ref : c.ordinality;
   return `<img src="${imageUrl(c.rank, "rgb")}" alt="candidate ${c.id}" loading="lazy">` +
-    `<div class="cap"><span>#${c.rank + 1}</span> ${gradeBadge(mine)}</div>` +
-    `<div class="cap small"><span>id ${c.id}</span><span>p ${fmt(c.probability, 3)}</span></div>` +
+    `<div class="cap head">${headHtml(c)}</div>` +
+    `<div class="cap small"><span title="probability">p ${fmt(c.probability, 4)}</span>` +
+    `<span title="ordinality">ord ${fmt(ord, 4)}</span></div>` +
+    `<div class="cap small" title="position">${esc(position(c))}</div>` +
     `<div class="cap small others">${othersText(c.grades)}</div>`;
 }
 
@@ -120,9 +132,8 @@ async function renderGrid() {
 function updateTile(c) {
   const el = $(`tile-${c.rank}`);
   if (el) {
-    const cap = el.querySelectorAll(".cap");
-    cap[0].innerHTML = `<span>#${c.rank + 1}</span> ${gradeBadge((c.grades || {})[ui.grader])}`;
-    cap[2].innerHTML = othersText(c.grades);
+    el.querySelector(".head").innerHTML = headHtml(c);
+    el.querySelector(".others").innerHTML = othersText(c.grades);
   }
 }
 
@@ -174,8 +185,10 @@ function grade(g) {
       if (ui.cursor === rank) renderZoom();
     } catch (e) {
       toast(`grade NOT saved: ${e.message}`, true);
-      ui.pages.clear();
+      ui.pages.clear();                  // show what the server holds, and go back to the candidate
+      $("grid").dataset.start = "";
       await refresh();
+      await go(rank);
     }
   });
 }
