@@ -216,7 +216,7 @@ def test_cli_command_registers_in_a_train_group(data, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from deepmine.inference.cli.gan_train import register_gan
+    from deepmine.inference.cli.train_gan_cmd import register_train as register_gan
 
     app = typer.Typer()
     register_gan(app)

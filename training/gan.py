@@ -752,7 +752,7 @@ def gan_command(
 ) -> GanResult:
     """``deepmine train gan CONFIG --positives P --negatives N --out DIR [--resume] [--set K=V]``.
 
-    Called by the typer command :func:`deepmine.inference.cli.gan_train.gan`; prints one line
+    Called by the typer command :func:`deepmine.inference.cli.train_gan_cmd.gan`; prints one line
     per epoch and cycle and a progress bar.
     """
     from deepmine.inference.cli.common import err_console, out_console, progress as make_progress

@@ -17,7 +17,7 @@ from ..errors import InputError
 from .common import err_console, out_console
 
 train_app = typer.Typer(
-    help="Train a classifier (LensFlow, EZnet) with a recipe; needs `pip install 'deepmine[train]'`.",
+    help="Train a classifier (LensFlow, EZnet) or the LensGenerator GAN with a recipe; needs `pip install 'deepmine[train]'`.",
     no_args_is_help=True,
 )
 

@@ -2,7 +2,7 @@
 
 The command joins the ``deepmine train`` group in :mod:`.train_cmd`::
 
-    from .gan_train import gan
+    from .train_gan_cmd import gan
     train_app.command("gan")(gan)
 
 torch and :mod:`deepmine.training` are imported inside the command, so this module keeps the
@@ -40,6 +40,6 @@ def gan(
     gan_command(config, positives, negatives, out, resume=resume, device=device, sets=sets)
 
 
-def register_gan(train_app: typer.Typer) -> None:
+def register_train(train_app: typer.Typer) -> None:
     """Add ``gan`` to a ``deepmine train`` typer group."""
     train_app.command("gan")(gan)
