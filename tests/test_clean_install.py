@@ -56,3 +56,23 @@ def test_training_command_says_to_install_extra(clean_venv):
         pytest.skip("train command not built yet")
     assert out.returncode != 0
     assert "deepmine[train]" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_in_torch_free_venv_meets_its_floors(clean_venv, tmp_path):
+    """The README's first command: `deepmine demo` on a plain install (bundled model, no torch)."""
+    import json
+
+    from deepmine.inference.model import BUNDLED_MODEL_DIR
+
+    if not (BUNDLED_MODEL_DIR / "default.onnx").exists():
+        pytest.skip("no bundled model in this checkout")
+    exe = clean_venv / "bin" / "deepmine"
+    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1")
+    out = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--json"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["ranking_performance"] >= 0.95
+    assert r["lenses_in_top_0.5%"] >= r["n_lenses"] / 2
+    for key in ("catalog", "mosaic", "trc", "selection_plot"):
+        assert Path(r[key]).stat().st_size > 1000, key
