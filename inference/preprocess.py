@@ -192,9 +192,6 @@ def prepare_batch(images, spec: Mapping[str, Any]) -> np.ndarray:
     raise InputError(f"unknown preprocessing kind {kind!r}; expected 'percentile', 'histogram_match' or 'none'")
 
 
-_LUT = (np.arange(256, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
-
-
 def _uint8_to_unit(x: np.ndarray) -> np.ndarray:
-    """uint8 → float32 / 255 through a lookup table (exactly ``x.astype(float32) / 255``)."""
-    return _LUT[x]
+    """uint8 → float32 / 255 (one pass, no float64 intermediate)."""
+    return np.divide(x, np.float32(255.0), dtype=np.float32)

@@ -294,6 +294,10 @@ def ordinality_against(scores, reference, *, assume_sorted: bool = False) -> np.
         ref = np.sort(ref)
         assume_sorted = True
     if assume_sorted:
+        if s.shape[0] < 100_000:  # thread start-up would dominate: numpy's serial search
+            lo = np.searchsorted(ref, s, side="left")
+            hi = np.searchsorted(ref, s, side="right")
+            return (lo + 0.5 * (hi - lo)) / ref.shape[0]
         out = np.empty(s.shape[0], dtype=np.float64)
         _search_sorted_counts(ref, s, out)
         return out
