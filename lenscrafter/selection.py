@@ -27,7 +27,7 @@ comes from the stream (seed, c) and its noise from LensCrafter's stream (craft s
 number), so results do not depend on the scan batch size, the thread count, the pipelining
 or how cells are split into parts.
 
-Uncertainties: Wilson score intervals (``astropy.stats.binom_conf_interval``) at 68.27 %
+Uncertainties: Wilson score intervals (as ``astropy.stats.binom_conf_interval``, without scipy) at 68.27 %
 confidence by default (``level``).
 """
 from __future__ import annotations
@@ -94,16 +94,20 @@ def wilson_interval(k, n, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.
     -------
     lo, hi : float64 arrays
     """
-    from astropy.stats import binom_conf_interval
+    from statistics import NormalDist  # stdlib: astropy's version needs scipy, not a core dependency
 
-    k = np.asarray(k, dtype=np.int64)
-    n = np.asarray(n, dtype=np.int64)
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
     lo = np.zeros(np.shape(n), dtype=np.float64)
     hi = np.ones(np.shape(n), dtype=np.float64)
     ok = n > 0
     if np.any(ok):
-        iv = binom_conf_interval(k[ok], n[ok], confidence_level=level, interval="wilson")
-        lo[ok], hi[ok] = iv[0], iv[1]
+        z = NormalDist().inv_cdf(0.5 + level / 2.0)
+        kk, nn = k[ok], n[ok]
+        mid = (kk + z * z / 2.0) / (nn + z * z)
+        half = z * np.sqrt(nn) / (nn + z * z) * np.sqrt(kk / nn * (nn - kk) / nn + z * z / (4.0 * nn))
+        lo[ok] = np.where(kk == 0, 0.0, mid - half)
+        hi[ok] = np.where(kk == nn, 1.0, mid + half)
     return lo, hi
 
 

@@ -187,3 +187,18 @@ def test_lens_tables_reference_and_prior():
     assert np.all(np.hypot(p["src_x"], p["src_y"]) <= 0.6 * p["theta_e"] + 1e-12)
     with pytest.raises(InputError, match="consecutive"):
         lens_params_for_cells(ref, np.array([0, 2]), 5, seed=1)
+
+
+def test_wilson_interval_matches_astropy():
+    import numpy as np
+    from astropy.stats import binom_conf_interval
+
+    from deepmine.lenscrafter.selection import wilson_interval
+
+    k = np.array([0, 1, 5, 10, 3, 0])
+    n = np.array([10, 10, 10, 10, 7, 0])
+    lo, hi = wilson_interval(k, n, 0.6827)
+    ref = binom_conf_interval(k[:5], n[:5], confidence_level=0.6827, interval="wilson")
+    np.testing.assert_allclose(lo[:5], ref[0], atol=1e-12)
+    np.testing.assert_allclose(hi[:5], ref[1], atol=1e-12)
+    assert (lo[5], hi[5]) == (0.0, 1.0)
