@@ -1,4 +1,5 @@
 """``python -m deepmine.inference.cli`` — same as the ``deepmine`` command."""
 from .app import run
 
-run()
+if __name__ == "__main__":
+    run()
