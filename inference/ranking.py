@@ -258,7 +258,6 @@ def _n_chunks(m: int) -> int:
 def _counts_against(scores: np.ndarray, reference: np.ndarray):
     """(unique scores, inverse, less, equal) counts of ``reference`` for each distinct score."""
     uniq, inverse = np.unique(scores, return_inverse=True)
-    uniq = uniq.astype(reference.dtype) if uniq.dtype != reference.dtype and reference.dtype == np.float64 else uniq
     if uniq.dtype != reference.dtype:  # compare in float64, exactly
         uniq = uniq.astype(np.float64)
         reference = reference.astype(np.float64)
@@ -305,6 +304,15 @@ def ordinality_against(scores, reference, *, assume_sorted: bool = False) -> np.
     return ((less + 0.5 * eq) / ref.shape[0])[inverse]
 
 
+def _checked_pair(a, b, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check two score arrays and bring them to one dtype (float64 unless both are float32)."""
+    a = check_scores(a, name_a)
+    b = check_scores(b, name_b)
+    if a.dtype != b.dtype:
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    return a, b
+
+
 def _check_sorted(reference) -> np.ndarray:
     ref = np.asarray(reference)
     if ref.ndim != 1 or ref.size == 0:
@@ -339,15 +347,6 @@ class TracerRecoveryCurve(NamedTuple):
         return float(np.mean(self.tracer_ordinality >= cut))
 
 
-def _tracer_ordinality(tracer_scores, negative_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    t = check_scores(tracer_scores, "tracer scores")
-    n = check_scores(negative_scores, "negative scores")
-    if t.dtype != n.dtype:
-        t, n = t.astype(np.float64), n.astype(np.float64)
-    uniq, inverse, less, eq = _counts_against(t, n)
-    return t, n, (less, eq, inverse)
-
-
 def tracer_recovery_curve(tracer_scores, negative_scores) -> TracerRecoveryCurve:
     """Tracer recovery curve: tracers ranked against the negative pool (not inserted into it).
 
@@ -372,10 +371,7 @@ def ranking_performance(tracer_scores, negative_scores) -> float:
     negatives: one parallel pass over them with a binary search among the distinct tracer
     scores (or the other way round when negatives are the fewer).
     """
-    t = check_scores(tracer_scores, "tracer scores")
-    n = check_scores(negative_scores, "negative scores")
-    if t.dtype != n.dtype:
-        t, n = t.astype(np.float64), n.astype(np.float64)
+    t, n = _checked_pair(tracer_scores, negative_scores, "tracer scores", "negative scores")
     if t.shape[0] <= n.shape[0]:
         _, inverse, less, eq = _counts_against(t, n)
         counts = np.bincount(inverse, minlength=less.shape[0])
