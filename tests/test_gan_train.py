@@ -35,10 +35,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # for this module only: later modules compare runs across processes
     out = tmp_path_factory.mktemp("gan_run") / "run"
     result = train_gan(load_gan_recipe("gan-tiny", TINY), *data, out)
-    return result
+    yield result
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------- model
