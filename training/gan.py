@@ -74,7 +74,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -148,31 +147,6 @@ class GanResult:
 # ------------------------------------------------------------------------------------------
 # recipe
 # ------------------------------------------------------------------------------------------
-def builtin_recipe_path(name: str) -> Path:
-    return Path(str(resources.files("deepmine.training") / "recipes" / f"{name}.toml"))
-
-
-def _load_raw(path: Path, seen: tuple = ()) -> dict:
-    from .recipe import _merge, _read_toml
-
-    if path.resolve() in seen:
-        raise file_error(path, "recipe extends itself (a cycle of 'extends')")
-    data = _read_toml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise file_error(path, f"extends must be a recipe name or path, got {parent!r}")
-    ppath = builtin_recipe_path(parent) if parent in BUILTIN else Path(parent)
-    if not ppath.is_absolute() and parent not in BUILTIN:
-        ppath = path.parent / ppath
-    base = _load_raw(ppath, seen + (path.resolve(),))
-    for key in ("generator", "discriminator"):  # model options replace, never merge rows
-        if key in data and "table" in data[key]:
-            base.get(key, {}).pop("table", None)
-    return _merge(base, data)
-
-
 def load_gan_recipe(config: str | os.PathLike, sets: dict[str, Any] | None = None) -> GanRecipe:
     """Read, merge (``extends``), override (``sets``: dotted keys) and validate a GAN recipe.
 
@@ -182,11 +156,11 @@ def load_gan_recipe(config: str | os.PathLike, sets: dict[str, Any] | None = Non
         ``"gan-fast"``: a small discriminator and generator for CPU runs; ``"gan-tiny"``: tests)
     sets : dotted-key overrides, e.g. ``{"cycles.count": 2, "optimizer.lr": 1e-4}``
     """
-    from .recipe import _apply_sets, _check_keys, _check_types
+    from .recipe import _apply_sets, _check_keys, _check_types, _load_raw, builtin_recipe_path
 
     ref = os.fspath(config)
     path = builtin_recipe_path(ref) if ref in BUILTIN and not Path(ref).exists() else Path(ref)
-    data = _load_raw(path)
+    data = _load_raw(path, builtin=BUILTIN)
     if sets:
         data = _apply_sets(data, sets)
     where = str(path)

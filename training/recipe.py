@@ -134,19 +134,19 @@ def builtin_recipe_path(name: str) -> Path:
     return Path(str(resources.files("deepmine.training") / "recipes" / f"{name}.toml"))
 
 
-def _read_toml(path: Path) -> dict:
+def _read_toml(path: Path, builtin: tuple = BUILTIN) -> dict:
     import tomllib
 
     if not path.is_file():
-        raise file_error(path, "recipe not found" + (f" (shipped recipes: {', '.join(BUILTIN)})" if path.suffix != ".toml" else ""))
+        raise file_error(path, "recipe not found" + (f" (shipped recipes: {', '.join(builtin)})" if path.suffix != ".toml" else ""))
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise file_error(path, f"not valid TOML ({exc})") from None
 
 
-def _resolve_path(ref: str, relative_to: Path) -> Path:
-    if ref in BUILTIN:
+def _resolve_path(ref: str, relative_to: Path, builtin: tuple = BUILTIN) -> Path:
+    if ref in builtin:
         return builtin_recipe_path(ref)
     p = Path(ref)
     return p if p.is_absolute() else (relative_to / p)
@@ -173,16 +173,18 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
-def _load_raw(path: Path, seen: tuple = ()) -> dict:
+def _load_raw(path: Path, seen: tuple = (), builtin: tuple = BUILTIN) -> dict:
+    """Read a recipe and merge the chain of ``extends`` under it; ``builtin`` names the shipped
+    recipes that ``extends`` may name (the GAN recipes pass their own)."""
     if path.resolve() in seen:
         raise file_error(path, "recipe extends itself (a cycle of 'extends')")
-    data = _read_toml(path)
+    data = _read_toml(path, builtin)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
         raise file_error(path, f"extends must be a recipe name or path, got {parent!r}")
-    base = _load_raw(_resolve_path(parent, path.parent), seen + (path.resolve(),))
+    base = _load_raw(_resolve_path(parent, path.parent, builtin), seen + (path.resolve(),), builtin)
     return _merge(base, data)
 
 
