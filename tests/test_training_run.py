@@ -158,7 +158,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_of_the_cli(toy, tmp_path):
+def test_resume_after_sigkill_of_the_cli(toy, tmp_path, request):
     """A real kill (SIGKILL, no clean-up) of `deepmine train` mid-run, then --resume."""
     import os
     import signal
@@ -168,7 +168,12 @@ def test_resume_after_sigkill_of_the_cli(toy, tmp_path):
     common = ["eznet", str(toy / "tiny_eznet.toml"), "-p", str(toy / "pos.npy"), "-n", str(toy / "neg.npy"),
               "--device", "cpu", "--set", "epochs=8"]  # fmt: skip
     out = tmp_path / "killed"
-    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1")
+    # bit-for-bit needs the same reduction order in the killed process and in this one: pin both
+    # to one thread (other test modules may have changed this process's thread count)
+    env = dict(os.environ, DEEPMINE_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     proc = subprocess.Popen([sys.executable, "-m", "deepmine.inference.cli", "train", *common, "-o", str(out)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 300
