@@ -607,6 +607,41 @@ class SelectionFunction:
         return cls(t, grid, prov)
 
 
+def selection_summary(path) -> dict:
+    """A compact, JSON-ready digest of a selection-function table, for a model's metadata.
+
+    Overall counts and fraction detected, the inspection cut and confidence level, the grid
+    (axes, ranges, bins), each axis's 1-D marginal completeness (fraction and Wilson bounds per
+    bin, averaged over the other axes), and where the table came from (file sha256, the hash of
+    the model it measured, the reference pool, seed, lenses per cell, date).
+    """
+    from deepmine.inference.metadata import file_sha256
+
+    sel = SelectionFunction.load(path)
+    prov = sel.provenance
+
+    def clean(a) -> list:
+        return [None if not np.isfinite(v) else round(float(v), 4) for v in np.asarray(a, dtype=float).ravel()]
+
+    marginals = {}
+    for ax in sel.grid.axes:
+        m = sel.marginal(ax.name)
+        marginals[ax.name] = {"centers": clean(ax.centers), "n": [int(v) for v in m["n"]],
+                              "fraction": clean(m["fraction"]), "fraction_lo": clean(m["fraction_lo"]),
+                              "fraction_hi": clean(m["fraction_hi"])}  # fmt: skip
+    return {
+        **{k: v for k, v in sel.summary().items() if k not in ("craft_s", "scan_s")},
+        "level": sel.level,
+        "axes": [{"name": a.name, "column": a.column, "lo": a.lo, "hi": a.hi, "bins": a.bins, "scale": a.scale}
+                 for a in sel.grid.axes],  # fmt: skip
+        "marginals": marginals,
+        "file": Path(path).name, "file_sha256": file_sha256(path),
+        "model_sha256": prov.get("model_sha256"), "pool_size": prov.get("pool_size"),
+        "pool_source": (prov.get("pool") or {}).get("source"), "seed": prov.get("seed"),
+        "per_cell": prov.get("per_cell"), "created": prov.get("created"),
+    }  # fmt: skip
+
+
 def assemble(grid: SelectionGrid, parts: list, *, level: float = DEFAULT_LEVEL, provenance: dict | None = None) -> SelectionFunction:
     """Merge part tables into a :class:`SelectionFunction` (one row per cell, sorted by cell)."""
     from astropy.table import Table, vstack

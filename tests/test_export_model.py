@@ -1,4 +1,5 @@
 """deepmine.export.export_model on small torch modules: graph, parity, metadata, precision."""
+import copy
 import os
 
 import numpy as np
@@ -248,3 +249,39 @@ def test_dynamo_failure_falls_back_with_the_reason_recorded(tmp_path, monkeypatc
     info = meta.extra["export"]
     assert info["exporter"] == "torchscript" and "unsupported operator in this test" in info["fallback_reason"]
     assert meta.parity["passed"] and "BatchNormalization" not in op_counts(onnx.load(str(path)))
+
+
+def test_parity_allows_torchs_own_float32_error_and_no_more(tmp_path):
+    """A deep, confident classifier differs from its own float64 run by more than 1e-5 in
+    probability; the check then allows atol + 2 × that error (and still catches real mismatches)."""
+
+    class Confident(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.layers = nn.Sequential(*[nn.Sequential(nn.Conv2d(8 if i else 3, 8, 3, padding=1), nn.Tanh())
+                                          for i in range(12)])  # fmt: skip
+            self.fc = nn.Linear(8 * 16 * 16, 2)
+            with torch.no_grad():
+                self.fc.weight.mul_(20.0)
+
+        def forward(self, x):
+            return self.fc(self.layers(x).flatten(1))
+
+    from deepmine.export.wrappers import wrap
+
+    model = Confident().eval()
+    wrapper, _ = wrap(model, "classifier", "tiny", "softmax")
+    x = np.random.default_rng(0).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    r = parity_mod.float32_rounding(wrapper, x)
+    with torch.no_grad():
+        p32 = wrapper(torch.from_numpy(x))[1].double().numpy()
+        p64 = copy.deepcopy(wrapper).double()(torch.from_numpy(x).double())[1].numpy()
+    assert r == pytest.approx(np.max(np.abs(p32 - p64))) and r > 0
+    ref = [np.zeros(4), np.full(4, 0.5)]
+    near = [np.zeros(4), np.full(4, 0.5 + 1e-5 + 1.5 * r)]
+    assert not parity_mod.compare("classifier", ref, near, 1e-5)["passed"]
+    res = parity_mod.compare("classifier", ref, near, 1e-5, rounding=r)
+    assert res["passed"] and res["tolerance"] == pytest.approx(1e-5 + 2 * r)
+    far = [np.zeros(4), np.full(4, 0.5 + 1e-5 + 2.5 * r)]
+    assert not parity_mod.compare("classifier", ref, far, 1e-5, rounding=r)["passed"]

@@ -265,3 +265,38 @@ def test_cli_resume_reuses_parts_and_pool(cli, files, tmp_path):
     assert again.provenance["parts_resumed"] == again.provenance["parts"] == 1
     np.testing.assert_array_equal(again.table["median_logit"], first.table["median_logit"])
     assert again.provenance["pool"]["n_negatives"] == 400
+
+
+def test_summary_goes_into_an_exported_models_metadata(measured, tmp_path, cli):
+    """`deepmine export --selection`: the table's digest lands in metadata.extra["selection"]."""
+    from deepmine.lenscrafter.selection import selection_summary
+
+    measured.save(tmp_path / "sel.fits")
+    s = selection_summary(tmp_path / "sel.fits")
+    t = measured.table
+    assert s["lenses"] == 16 * 24 and s["detected"] == int(np.sum(t["n_detected"])) and s["cut"] == 0.99
+    assert [a["name"] for a in s["axes"]] == measured.grid.names
+    arc = measured.marginal("m_arc")
+    assert s["marginals"]["m_arc"]["fraction"] == pytest.approx(list(arc["fraction"]), abs=1e-4)
+    assert s["marginals"]["m_arc"]["n"] == [int(v) for v in arc["n"]]
+    assert s["model_sha256"] == measured.provenance["model_sha256"] and s["file_sha256"].startswith("sha256:")
+    json.dumps(s, allow_nan=False)  # goes into the ONNX metadata as JSON
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from deepmine.inference.metadata import read_metadata
+    from deepmine.training import create_model
+    from deepmine.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("eznet", table=[{"kernels": 4, "kernel": 3, "size": 6}, {"kernels": 4, "kernel": 1, "size": 1}],
+                         size=16, hidden=8)  # fmt: skip
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, {"recipe_name": "test"})
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "m.onnx", "--selection", tmp_path / "sel.fits")
+    assert rc == 0, err
+    assert f"selection  {s['detected']:,} of {s['lenses']:,} grid lenses detected" in out
+    meta, _ = read_metadata(tmp_path / "m.onnx")
+    assert meta.extra["selection"] == s
+    rc, out, err = cli("export", ckpt, "--out", tmp_path / "n.onnx", "--selection", tmp_path / "nope.fits")
+    assert rc == 2 and "nope.fits" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n.onnx").exists()

@@ -272,6 +272,35 @@ def test_cli_train_eznet(toy, tmp_path, cli):
     assert json.loads(out)["heldout"]["ranking_performance"] is None
 
 
+def test_init_starts_from_an_earlier_runs_weights(toy, tmp_path, cli):
+    """--init: a later stage starts from another run's weights, and the provenance says which."""
+    a = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "a", show_progress=False,
+              sets={"epochs": 2})  # fmt: skip
+    # zero learning rate: the weights stay those of --init (BatchNorm running stats aside)
+    b = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "b", show_progress=False,
+              sets={"epochs": 1, "optimizer.lr": 1e-12, "optimizer.weight_decay": 0.0}, init=a.model_path)
+    sa, sb = _state(a.model_path), _state(b.model_path)
+    learned = [k for k in sa if "running" not in k and "num_batches" not in k]
+    assert learned and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in learned)
+    fresh = _state(train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "c",
+                         show_progress=False, sets={"epochs": 1, "optimizer.lr": 1e-12}).model_path)  # fmt: skip
+    assert not all(torch.allclose(sa[k], fresh[k], atol=1e-6) for k in learned)
+    init = load_checkpoint(b.model_path)[1]["provenance"]["init"]
+    assert init["sha256"].startswith("sha256:") and init["epochs"] == 2 and init["recipe_name"] == "tiny-eznet"
+    assert init["heldout"]["ranking_performance"] == pytest.approx(a.heldout["ranking_performance"])
+    assert load_checkpoint(a.model_path)[1]["provenance"]["init"] == {}
+    # weights of another table: one line naming the file
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+                       "-o", tmp_path / "d", "--set", "model.table=[{kernels = 5, kernel = 3, size = 4}]",
+                       "--init", a.model_path)  # fmt: skip
+    last = err.strip().splitlines()[-1]  # (after the "training ... with recipe" line)
+    assert rc == 2 and "model.pt" in last and "--init weights do not fit" in last and "Traceback" not in err
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+                       "-o", tmp_path / "e", "--init", tmp_path / "missing.pt")  # fmt: skip
+    assert rc == 2 and "missing.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()  # refused before anything is written
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

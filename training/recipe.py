@@ -98,7 +98,7 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "reset_head": False,
 }
 PHASE_SECTIONS = ("data", "optimizer", "schedule", "early_stop")
-BUILTIN = ("eznet", "lensflow", "demo")
+BUILTIN = ("eznet", "lensflow", "demo", "demo-anneal")
 
 
 @dataclass

@@ -140,8 +140,10 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, positives, negatives, out_dir, *, extra_positives=None,
                  extra_negatives=None, device="cpu", amp=False, show_progress=True,
-                 on_epoch_end: Callable[[dict], None] | None = None):  # fmt: skip
+                 on_epoch_end: Callable[[dict], None] | None = None, init=None):  # fmt: skip
         self.recipe = recipe
+        self.init = Path(init) if init is not None else None
+        self.init_provenance: dict = {}
         self.seed = recipe.seed
         self.out = Path(out_dir)
         self.device = resolve_device(device)
@@ -399,8 +401,12 @@ class Trainer:
             if _data_identity(state["provenance"]["data"]) != _data_identity(self.provenance_data):
                 raise file_error(self.out / CHECKPOINT, "was trained on different data files (hashes differ); "
                                                         "resume with the same --positives/--negatives/--extra-*")  # fmt: skip
-        elif model.deepmine_config["preprocessing"]["kind"] == "histogram_match" and hasattr(model, "set_template"):
-            model.set_template(self._template())
+            self.init_provenance = state["provenance"].get("init") or {}
+        else:
+            if model.deepmine_config["preprocessing"]["kind"] == "histogram_match" and hasattr(model, "set_template"):
+                model.set_template(self._template())
+            if self.init is not None:
+                self.init_provenance = _load_init(model, self.init)
         model.to(self.device)
         spec = model.deepmine_config["preprocessing"]
 
@@ -562,6 +568,7 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "device": str(self.device),
             "amp": self.amp,
+            "init": self.init_provenance,
         }
 
     def _write_history(self, history: list[dict]) -> None:
@@ -570,6 +577,32 @@ class Trainer:
             w.writeheader()
             for row in history:
                 w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _load_init(model, path: Path) -> dict:
+    """Start ``model`` from the weights of another run's checkpoint (fine-tuning, later stages
+    of a staged recipe); return what the provenance records about that checkpoint."""
+    from deepmine.inference.metadata import file_sha256
+
+    data = read_checkpoint(path)
+    arch = model.deepmine_config.get("architecture")
+    if data["architecture"] != arch:
+        raise file_error(path, f"--init holds a {data['architecture']} model; this recipe trains {arch}")
+    mine, theirs = model.state_dict(), data["state_dict"]
+    bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if tuple(mine[k].shape) != tuple(theirs[k].shape)]
+    if bad:
+        k = bad[0]
+        what = (f"{k}: {tuple(theirs[k].shape)} there, {tuple(mine[k].shape)} here" if k in mine and k in theirs
+                else f"{k} only {'here' if k in mine else 'there'}")  # fmt: skip
+        raise file_error(path, f"--init weights do not fit this recipe's {arch} ({len(bad)} tensor(s) differ, e.g. "
+                               f"{what}); give the [model] table of the run that wrote it")  # fmt: skip
+    model.load_state_dict(theirs)
+    prov = data.get("provenance") or {}
+    return {
+        "path": str(Path(path).resolve()), "sha256": file_sha256(path), "recipe_name": prov.get("recipe_name"),
+        "epochs": prov.get("epochs"), "heldout": prov.get("heldout") or {}, "device": prov.get("device"),
+        "init": prov.get("init") or {},
+    }  # fmt: skip
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -625,7 +658,7 @@ def _restore_rng(state: dict | None) -> None:
 def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, extra_positives=None,
           extra_negatives=None, resume: bool = False, device: str = "cpu", amp: bool = False, plot: bool = False,
           seed: int | None = None, sets: dict | None = None, show_progress: bool = True,
-          on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:  # fmt: skip
+          on_epoch_end: Callable[[dict], None] | None = None, init=None) -> TrainResult:  # fmt: skip
     """Train a model as ``recipe`` says; write checkpoints, history and the final model.
 
     Parameters
@@ -649,6 +682,12 @@ def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, 
         Dotted-key recipe overrides (see :func:`deepmine.training.recipe.load_recipe`).
     on_epoch_end : callable, optional
         Called with each history row after the epoch's checkpoint is written.
+    init : path, optional
+        Start from the weights of this checkpoint (``model.pt`` or ``checkpoint.pt`` of an
+        earlier run with the same ``[model]``) instead of a random initialisation: fine-tuning,
+        or the next stage of a staged build. Recorded in the provenance (path, sha256, its
+        recipe and held-out figures); the held-out split is the recipe's (same seed and data
+        files give the earlier run's split).
     """
     if not isinstance(recipe, Recipe):
         sets = dict(sets or {})
@@ -663,7 +702,7 @@ def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, 
             raise InputError("train: give sets together with a recipe path, not a loaded Recipe")
     trainer = Trainer(recipe, positives, negatives, out_dir, extra_positives=extra_positives,
                       extra_negatives=extra_negatives, device=device, amp=amp, show_progress=show_progress,
-                      on_epoch_end=on_epoch_end)  # fmt: skip
+                      on_epoch_end=on_epoch_end, init=init)  # fmt: skip
     return trainer.run(resume=resume, plot=plot)
 
 

@@ -41,6 +41,10 @@ def export(
     atol: Optional[float] = typer.Option(
         None, "--atol", help="Max |Δ probability| accepted (default 1e-5 for fp32, 5e-3 for fp16)."
     ),
+    selection: Optional[Path] = typer.Option(
+        None, "--selection", help="Selection-function table (deepmine selection --out) measured on an export of "
+        "this checkpoint: its summary (overall and per-axis completeness, grid, pool) goes into the metadata.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the written model's metadata as JSON on stdout."),
 ) -> None:
     """Export a checkpoint to ONNX: dynamic batch, BatchNorm folded, outputs `logit` and
@@ -82,7 +86,7 @@ def export(
         warnings.simplefilter("always")
         path = export_checkpoint(
             checkpoint, out, check=check, atol=atol, int8_calibration=cal, fp16=fp16, optimize=optimize,
-            optimization_level=level, check_cutouts=chk, check_labels=lab, log=log,
+            optimization_level=level, check_cutouts=chk, check_labels=lab, log=log, selection=selection,
         )  # fmt: skip
     meta, props = read_metadata(path)
     for w in caught:
@@ -106,7 +110,9 @@ def _summary(path: Path, meta, props: dict) -> None:
     else:
         f = p["fp32"]
         key = "max_abs_probability" if "max_abs_probability" in f else "max_abs_image"
-        say(f"parity     fp32 max |Δ| {f[key]:.2e} ≤ {f['atol']:g} on {p['source']}")
+        bound = (f"{f['tolerance']:.2e} (atol {f['atol']:g} + 2 × torch's float32 error {f['float32_rounding_probability']:.2e})"
+                 if "tolerance" in f else f"{f['atol']:g}")  # fmt: skip
+        say(f"parity     fp32 max |Δ| {f[key]:.2e} ≤ {bound} on {p['source']}")
         if "fp16" in p:
             say(f"           fp16 max |Δ| {p['fp16'][key]:.2e} ≤ {p['fp16']['atol']:g}")
         if "int8" in p:
@@ -116,6 +122,10 @@ def _summary(path: Path, meta, props: dict) -> None:
                 f"           int8 RP {q['rp_int8']:.4f} vs fp32 {q['rp_fp32']:.4f}: change {q['rp_change']:+.4f} "
                 f"(tolerance {q['rp_tolerance']}){mark}"
             )
+    sel = meta.extra.get("selection")
+    if sel:
+        say(f"selection  {sel['detected']:,} of {sel['lenses']:,} grid lenses detected ({sel['fraction']:.1%}, "
+            f"ordinality > {sel['cut']}) — from {sel['file']}")
     say(f"hash       {props.get('deepmine.content_hash')}")
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from .common import err_console, out_console
+from .common import err_console, existing_file, out_console
 
 train_app = typer.Typer(
     help="Train a classifier (LensFlow, EZnet) or the LensGenerator GAN with a recipe; needs `pip install 'deepmine[train]'`.",
@@ -42,6 +42,7 @@ def _run(
     seed: Optional[int],
     sets: List[str],
     as_json: bool,
+    init: Optional[Path] = None,
 ) -> None:
     from ..errors import require
 
@@ -49,6 +50,8 @@ def _run(
     from deepmine.training.recipe import load_recipe, parse_set
     from deepmine.training.trainer import train
 
+    if init is not None:
+        existing_file(init, "--init checkpoint")
     overrides = dict(parse_set(s) for s in sets)
     if seed is not None:
         overrides["seed"] = int(seed)
@@ -65,7 +68,7 @@ def _run(
         recipe, [str(p) for p in positives], [str(p) for p in negatives], out,
         extra_positives=[str(p) for p in extra_positives] or None,
         extra_negatives=[str(p) for p in extra_negatives] or None,
-        resume=resume, device=device, amp=amp, plot=plot,
+        resume=resume, device=device, amp=amp, plot=plot, init=init,
     )  # fmt: skip
     summary = {
         "model": str(result.model_path),
@@ -108,6 +111,10 @@ def _command(architecture: str):
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, history.csv, model.pt).",
                                  show_default=False),  # fmt: skip
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped (bit-for-bit)."),
+        init: Optional[Path] = typer.Option(
+            None, "--init", help="Start from the weights of this checkpoint (model.pt of an earlier run with the "
+            "same [model]): fine-tuning, or the next stage of a staged recipe. Recorded in the provenance.",
+        ),
         device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
         amp: bool = typer.Option(False, "--amp", help="Automatic mixed precision (CUDA only)."),
         plot: bool = typer.Option(False, "--plot", help="Write curves.png: loss, accuracy and RP per epoch."),
@@ -127,7 +134,7 @@ def _command(architecture: str):
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
         _run(architecture, config, positives, negatives, out, resume, device, amp, plot, extra_negatives,
-             extra_positives, seed, sets, as_json)  # fmt: skip
+             extra_positives, seed, sets, as_json, init)  # fmt: skip
 
     command.__doc__ = {
         "lensflow": "Train LensFlow (seed 2.3-2.6): 1×100×100 single-band cutouts, histogram matching, "
