@@ -23,8 +23,9 @@ def demo(
     """Craft a mock survey with LensCrafter (non-lens scenes of every kind with lenses hidden
     among them), scan it with the bundled model, and report how well the hidden lenses rank:
     ranking performance, how many lenses rank above 99.5 % of the non-lens scenes (the
-    survey's top 0.5 %), the candidate catalogue, a mosaic of the top
-    candidates, the TRC plot and a small selection function. About a minute on 2 cores.
+    survey's top 0.5 %), the candidate catalogue, a mosaic of the top candidates, the TRC plot
+    and a small selection function. About 40 s on 2 cores the first time (Numba compiles),
+    15 s after.
     """
     from deepmine.lenscrafter.demo import run_demo
 
