@@ -16,6 +16,7 @@ from .params import (
     LENS_COLUMNS,
     PARAM_RANGES,
     check_lens_params,
+    offset_lenses,
     read_lens_params,
     reference_lens_params,
     sample_lens_params,
@@ -40,7 +41,7 @@ from .synth import craft_lenses
 __all__ = [
     "BANDS", "HSC", "LENS_COLUMNS", "NEGATIVE_KINDS", "PARAM_RANGES", "PIXEL_SCALE", "ZERO_POINT",
     "check_lens_params", "compose", "convolve_psf", "craft_lenses", "craft_negatives", "deflect",
-    "gaussian_psf", "magnitude_to_flux", "moffat_psf", "observe", "percentile_normalization",
+    "gaussian_psf", "magnitude_to_flux", "moffat_psf", "observe", "offset_lenses", "percentile_normalization",
     "pixel_grid", "read_lens_params", "reference_lens_params", "sample_lens_params", "sersic",
     "sersic_amp_from_flux", "sersic_total_flux", "shot_noise", "sie_deflection",
 ]  # fmt: skip

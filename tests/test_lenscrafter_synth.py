@@ -17,6 +17,7 @@ from deepmine.lenscrafter import (
     gaussian_psf,
     moffat_psf,
     observe,
+    offset_lenses,
     percentile_normalization,
     read_lens_params,
     reference_lens_params,
@@ -188,3 +189,29 @@ def test_reference_values_match_figure_4_2():
     assert REFERENCE["ratio_r_src"] == 1.6 and REFERENCE["ratio_i_src"] == 2.6
     assert REFERENCE["ratio_r_fg"] == 5.5 and REFERENCE["ratio_i_fg"] == 20.5
     assert REFERENCE["e_src"] == 0.35 and REFERENCE["phi_src"] == -85 and REFERENCE["phi_fg"] == 5
+
+
+def test_offset_lenses_moves_whole_lenses():
+    """Deflector, its light and the source move together: the image moves, the lens does not change."""
+    t = sample_lens_params(4000, seed=3)
+    o = offset_lenses(t, 0.2, seed=5)
+    d = np.asarray(o["dfl_x"]) - np.asarray(t["dfl_x"])
+    for ax in ("x", "y"):
+        base = np.asarray(o[f"dfl_{ax}"]) - np.asarray(t[f"dfl_{ax}"])
+        for col in (f"fg_{ax}", f"src_{ax}"):
+            assert np.allclose(np.asarray(o[col]) - np.asarray(t[col]), base)
+    assert np.std(d) == pytest.approx(0.2, rel=0.05) and abs(np.mean(d)) < 0.01
+    untouched = [c for c in t.colnames if not c.endswith(("_x", "_y"))]
+    assert all(np.array_equal(o[c], t[c]) for c in untouched)
+    assert np.array_equal(np.asarray(offset_lenses(t, 0.2, seed=5)["src_y"]), np.asarray(o["src_y"]))
+    assert np.array_equal(np.asarray(offset_lenses(t, 0.0)["fg_x"]), np.asarray(t["fg_x"]))
+    # a whole-pixel move of the lens is a whole-pixel move of its (noise-free, PSF-free) image
+    ref = reference_lens_params(1)
+    moved = ref.copy()
+    for col in ("dfl_x", "fg_x", "src_x"):
+        moved[col] = moved[col] + 2 * 0.168
+    a = craft_lenses(ref, noise=False, psf=False, output="float32")[0]
+    b = craft_lenses(moved, noise=False, psf=False, output="float32")[0]
+    assert np.allclose(b[:, :, 6:-6], np.roll(a, 2, axis=2)[:, :, 6:-6], rtol=1e-4, atol=1e-3 * a.max())
+    with pytest.raises(InputError, match="sigma"):
+        offset_lenses(t, -1.0)
