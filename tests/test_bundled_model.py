@@ -10,7 +10,7 @@ import pytest
 from deepmine.inference.metadata import read_metadata
 from deepmine.inference.model import BUNDLED_MODEL_DIR, load_model
 from deepmine.inference.ranking import ordinality_against, ranking_performance
-from deepmine.lenscrafter import craft_lenses, craft_negatives, sample_lens_params
+from deepmine.lenscrafter import craft_lenses, craft_negatives, offset_lenses, sample_lens_params
 from deepmine.lenscrafter.demo import DEMO_LENS_PRIORS
 
 BUNDLED = BUNDLED_MODEL_DIR / "default.onnx"
@@ -52,3 +52,16 @@ def test_finds_demo_lenses_by_their_arcs(scored):
     assert np.mean(ordinality_against(arcless, neg) > 0.995) < 0.05
     # lens galaxies without arcs are the hardest negatives of all (0.79 measured, 2026-11-26)
     assert ranking_performance(lenses, arcless) > 0.7
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: the bundled model was trained on lenses at the cutout "
+                                       "centre (RP 0.986 centred, 0.69 for 0.2″ rms offsets; docs/benchmarks.md)")
+def test_off_centre_lenses_score_like_centred_ones(scored):
+    """What a rebuild on off-centre lenses (lenscrafter.offset_lenses, stage 1 included) should
+    give: lenses moved by 0.2″ rms rank about as well as lenses at the centre. Strict xfail: when
+    a rebuilt model passes, this test fails until the mark is removed."""
+    neg, lenses, _ = scored
+    model = load_model(BUNDLED, device="cpu")
+    params = sample_lens_params(300, seed=9102, **DEMO_LENS_PRIORS)
+    moved = model.predict(craft_lenses(offset_lenses(params, 0.2, seed=9104), seed=9102, field=1.0))[0]
+    assert ranking_performance(moved.astype(np.float64), neg) > ranking_performance(lenses, neg) - 0.03
