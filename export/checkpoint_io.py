@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deepmine.inference.errors import DeepmineError, file_error
+from deepmine.inference.errors import DeepmineError, file_error, first_line
 
 #: Provenance keys copied into ``metadata.training`` (all of them JSON-compatible).
 PROVENANCE_KEYS = (
@@ -26,7 +26,7 @@ def load(path: str | os.PathLike):
     except DeepmineError:
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load/zip/pickle raise many types on bad files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)[:200]
         raise file_error(p, f"not a readable deepmine checkpoint ({type(exc).__name__}: {first})") from None
 
 

@@ -23,8 +23,8 @@ import dataclasses
 import hashlib
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx

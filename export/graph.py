@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from deepmine.inference.errors import DeepmineError
+from deepmine.inference.errors import DeepmineError, first_line
 
 #: Offline optimisation levels: both keep to standard ONNX operators, so the saved graph runs
 #: on any execution provider; the scanner's session applies the hardware-specific (ALL) level.
@@ -57,7 +57,7 @@ def torch_to_onnx(wrapper, example, input_name: str, output_names: list[str]) ->
                 )  # fmt: skip
             model = program.model_proto
         except Exception as exc:  # noqa: BLE001 - any failure of the dynamo path triggers the fallback
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            reason = f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
             warnings.warn(
                 f"dynamo ONNX export failed ({reason}); falling back to the TorchScript exporter",
                 ExportWarning, stacklevel=2,

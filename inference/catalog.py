@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import InputError, MissingDependencyError, file_error
+from .errors import InputError, MissingDependencyError, file_error, first_line
 
 FORMATS = ("fits", "ecsv", "parquet")
 SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
@@ -219,8 +219,7 @@ def read_catalog(path: str | os.PathLike):
         else:
             table = Table.read(p)
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
-        text = str(exc).strip()
-        raise file_error(p, f"not a readable catalogue ({text.splitlines()[0] if text else type(exc).__name__})") from None
+        raise file_error(p, f"not a readable catalogue ({first_line(exc)})") from None
     table.convert_bytestring_to_unicode()
     for name in table.colnames:
         dt = table[name].dtype

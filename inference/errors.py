@@ -42,3 +42,16 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"this command needs {module!r} ({exc}); install it with: pip install 'deepmine[{extra}]'"
         ) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name: the one-line
+    reason put into error messages when a library (numpy, astropy, onnxruntime) fails.
+
+    >>> first_line(ValueError("bad header\\n  at byte 2880"))
+    'bad header'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

@@ -37,6 +37,7 @@ import numpy as np
 from .atomic import atomic_open, atomic_path, check_writable
 from .errors import InputError, file_error
 from .metadata import ModelMetadata, file_sha256, read_metadata
+from .session import open_session
 
 __all__ = ["Generator", "load_generator", "write_generated", "diversity", "to_uint8", "latent_batches",
            "OUTPUT_SUFFIXES", "sidecar_path", "check_output"]
@@ -157,14 +158,13 @@ class Generator:
         return f"Generator({str(self.path)!r}, latent {self.latent_dim}, image {self.image_shape})"
 
 
-def load_generator(path: str | os.PathLike, threads: int | None = None) -> Generator:
-    """Open an exported generator (``deepmine export`` of a LensGenerator) on the CPU.
+def load_generator(path: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> Generator:
+    """Open an exported generator (``deepmine export`` of a LensGenerator) on ``device``
+    (``"cpu"``, ``"cuda"`` or ``"auto"``, see :func:`deepmine.inference.session.open_session`).
 
     Raises :class:`InputError` when the file is missing, not a readable ONNX model, not a
     deepmine model, or a classifier rather than a generator.
     """
-    import onnxruntime as ort
-
     p = Path(path)
     if p.is_dir():
         raise file_error(p, "expected an exported generator (.onnx file), got a directory")
@@ -172,14 +172,7 @@ def load_generator(path: str | os.PathLike, threads: int | None = None) -> Gener
     if metadata.task != "generator":
         raise file_error(p, f"not a generator model (task {metadata.task!r}, architecture "
                             f"{metadata.architecture!r}); `deepmine generate` needs an exported LensGenerator")
-    if threads is not None and (int(threads) != threads or threads < 1):
-        raise InputError(f"--threads: must be a positive whole number, got {threads!r}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    session = open_session(p, device=device, threads=threads)
     return Generator(p, session, metadata, threads)
 
 

@@ -26,11 +26,10 @@ import errno
 import json
 import os
 import threading
-from http import HTTPStatus
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -323,7 +322,7 @@ def make_server(session: InspectSession, host: str = "127.0.0.1", port: int = 80
 
 def server_url(server: ThreadingHTTPServer) -> str:
     host, port = server.server_address[:2]
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[%s]" % host if ":" in str(host) else host)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in str(host) else host)
     return f"http://{shown}:{port}/"
 
 

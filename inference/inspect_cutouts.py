@@ -20,25 +20,20 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from .errors import InputError, file_error
+from .formats import HSC_BANDS, open_stack
 
 #: Columns a catalogue must have to be inspected; the others are shown when present.
 REQUIRED_COLUMNS = ("id", "source", "index", "logit")
 #: Columns copied into the page and the grades table when present (NaN when absent).
 INFO_COLUMNS = ("ra", "dec", "x", "y", "logit", "probability", "ordinality", "ordinality_ref")
 #: Band labels of 3-band cutouts (seed 4.1: i, r, g → R, G, B).
-DEFAULT_BANDS = ("i", "r", "g")
-CUTOUT_SUFFIXES = (".npy", ".fits", ".fit", ".fz", ".fits.gz")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+DEFAULT_BANDS = HSC_BANDS
 
 
 def _as_str(column) -> np.ndarray:
@@ -123,53 +118,6 @@ def select_top(table, top: float | int):
     return table[order[:k]]
 
 
-def open_stack(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a cutout stack and return it as N×C×H×W (N×H×W becomes N×1×H×W).
-
-    Raises
-    ------
-    InputError
-        Missing, empty or corrupt file; an array that is not 3-D or 4-D; C not 1 or 3.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise file_error(p, "cutout stack not found")
-    if p.stat().st_size == 0:
-        raise file_error(p, "cutout stack is empty")
-    name = p.name.lower()
-    if name.endswith(".npy"):
-        with open(p, "rb") as fh:
-            if fh.read(6) != b"\x93NUMPY":
-                raise file_error(p, "not a .npy cutout stack (no NumPy header)")
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise file_error(p, f"not a readable .npy cutout stack ({_first_line(exc)})") from None
-    elif name.endswith((".fits", ".fit", ".fz", ".fits.gz")):
-        from astropy.io import fits
-
-        try:
-            hdul = fits.open(p, memmap=True)
-            hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
-                        and h.data.ndim in (3, 4)), None)
-        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
-            raise file_error(p, f"not a readable FITS cutout cube ({_first_line(exc)})") from None
-        if hdu is None:
-            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
-        arr = hdu.data
-    else:
-        raise file_error(p, f"unknown cutout stack format (expected one of {', '.join(CUTOUT_SUFFIXES)})")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4:
-        raise file_error(p, f"expected an N×C×H×W (or N×H×W) cutout stack, got shape {arr.shape}")
-    if arr.shape[1] not in (1, 3):
-        raise file_error(p, f"expected 3 bands (i, r, g) or 1 band per cutout, got {arr.shape[1]} (shape {arr.shape})")
-    if arr.dtype.kind not in "uif":
-        raise file_error(p, f"cutouts must be numbers, got dtype {arr.dtype}")
-    return arr
-
-
 class CutoutStore:
     """The cutout stacks a set of catalogue rows points at, memory-mapped.
 
@@ -193,7 +141,7 @@ class CutoutStore:
     @classmethod
     def for_rows(cls, rows, cutouts: Sequence[os.PathLike] | None = None,
                  search_dirs: Iterable[os.PathLike] = (), what: str = "catalogue",
-                 meta: dict | None = None) -> "CutoutStore":
+                 meta: dict | None = None) -> CutoutStore:
         """Find and open the stacks that ``rows`` point at, and check every row fits its stack.
 
         Without ``cutouts``, sources that are not stacks (survey images, sliding tiles, a

@@ -9,9 +9,9 @@ N×C×H×W with the dtype of the source stacks, in order of catalogue id, each w
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

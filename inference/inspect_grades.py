@@ -21,14 +21,14 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from .atomic import atomic_path, check_writable
-from .errors import InputError, file_error
+from .errors import InputError, file_error, first_line
 
 GRADES = {"A": "definite lens", "B": "probable lens", "C": "possible lens", "N": "not a lens", "X": "artefact"}
 LENS_GRADES = ("A", "B")
@@ -230,8 +230,7 @@ def read_actions(path: str | os.PathLike) -> list[Action]:
     try:
         t = Table.read(p, format="ascii.ecsv")
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
-        text = str(exc).strip()
-        raise file_error(p, f"not a readable ECSV grades file ({text.splitlines()[0] if text else type(exc).__name__})") from None
+        raise file_error(p, f"not a readable ECSV grades file ({first_line(exc)})") from None
     need = ("seq", "id", "source", "index", "grade", "grader", "time")
     missing = [c for c in need if c not in t.colnames]
     if missing or t.meta.get("format") != FORMAT:

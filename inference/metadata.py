@@ -22,9 +22,9 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import InputError, file_error
+from .formats import HSC_BANDS
 
 METADATA_KEY = "deepmine.metadata"
 HASH_KEY = "deepmine.content_hash"
@@ -69,7 +69,7 @@ class ModelMetadata:
     architecture: str
     task: str = "classifier"
     input_shape: list = field(default_factory=lambda: [3, 64, 64])
-    bands: list = field(default_factory=lambda: ["i", "r", "g"])
+    bands: list = field(default_factory=lambda: list(HSC_BANDS))
     pixel_scale: float = 0.168
     preprocessing: dict = field(default_factory=lambda: {"kind": "percentile", "low": 0.5, "high": 99.5})
     architecture_config: dict = field(default_factory=dict)
@@ -111,7 +111,7 @@ class ModelMetadata:
         return {METADATA_KEY: self.to_json()}
 
     @classmethod
-    def from_json(cls, text: str, source: str = "model") -> "ModelMetadata":
+    def from_json(cls, text: str, source: str = "model") -> ModelMetadata:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -126,7 +126,7 @@ class ModelMetadata:
         return meta
 
     @classmethod
-    def from_props(cls, props: dict[str, str], source: str = "model") -> "ModelMetadata":
+    def from_props(cls, props: dict[str, str], source: str = "model") -> ModelMetadata:
         if METADATA_KEY not in props:
             raise InputError(
                 f"{source}: not a deepmine model (no {METADATA_KEY!r} in the ONNX metadata); "
@@ -157,18 +157,11 @@ def read_metadata(path: str | os.PathLike) -> tuple[ModelMetadata, dict[str, str
 
     Returns the parsed :class:`ModelMetadata` and the raw ``metadata_props`` map.
     """
-    import onnxruntime as ort
-
     p = Path(path)
     if not p.is_file():
         raise file_error(p, "model file not found")
-    try:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several private exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise file_error(p, f"not a readable ONNX model ({first})") from None
+    from .session import open_session
+
+    sess = open_session(p, optimize=False, what="not a readable ONNX model")
     props = dict(sess.get_modelmeta().custom_metadata_map)
     return ModelMetadata.from_props(props, str(p)), props

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,10 @@ import numpy as np
 from .errors import InputError, file_error
 from .metadata import ModelMetadata, file_sha256, read_metadata
 from .preprocess import prepare_batch
+from .session import DEVICES, open_session
 
 __all__ = ["Model", "load_model", "get_model", "resolve_model_path", "BUNDLED_MODEL_DIR", "DEVICES"]
 
-DEVICES = ("auto", "cpu", "cuda")
 #: Where the demo's bundled default model lives (``inference/models/*.onnx``).
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_BATCH = 256
@@ -199,23 +198,6 @@ def check_cutout_shape(shape: tuple, metadata: ModelMetadata, name: str) -> None
         )
 
 
-def _providers_for(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if device not in DEVICES:
-        raise InputError(f"--device: expected one of {', '.join(DEVICES)}, got {device!r}")
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
-        if device == "cuda":
-            raise InputError("--device cuda: onnxruntime has no CUDA provider here "
-                             f"(available: {', '.join(available)}); install deepmine[gpu] (onnxruntime-gpu) "
-                             "or use --device cpu")
-        return ["CPUExecutionProvider"]
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
 def load_model(path: str | os.PathLike | None = None, *, device: str = "auto", threads: int | None = None) -> Model:
     """Open an exported deepmine classifier with onnxruntime.
 
@@ -230,32 +212,12 @@ def load_model(path: str | os.PathLike | None = None, *, device: str = "auto", t
     InputError
         Missing or unreadable file, not a deepmine classifier, CUDA requested but unavailable.
     """
-    import onnxruntime as ort
 
     p = resolve_model_path(path)
     meta, props = read_metadata(p)
     if meta.task != "classifier":
         raise file_error(p, f"is a {meta.task} model; scanning needs a classifier")
-    if threads is not None and int(threads) < 1:
-        raise InputError(f"--threads: must be at least 1, got {threads}")
-    providers = _providers_for(device)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    opts.inter_op_num_threads = 1
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-    try:
-        sess = ort.InferenceSession(str(p), opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises private exception types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise file_error(p, f"onnxruntime cannot load the model ({first})") from None
-    used = sess.get_providers()
-    if providers[0] == "CUDAExecutionProvider" and used[0] != "CUDAExecutionProvider":
-        if device == "cuda":
-            raise InputError("--device cuda: the CUDA provider failed to load (check the CUDA/cuDNN "
-                             "libraries onnxruntime-gpu needs); use --device cpu")
-        warnings.warn("CUDA provider failed to load; scanning on CPU", RuntimeWarning, stacklevel=2)
+    sess = open_session(p, device=device, threads=threads)
     return Model(p, sess, meta, props, device, threads)
 
 

@@ -19,18 +19,19 @@ label under each (e.g. rank, id, logit, ordinality) and writes a PNG atomically.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
+from .formats import HSC_BANDS
 
 __all__ = ["render_rgb", "write_mosaic", "STRETCHES"]
 
 STRETCHES = ("percentile", "asinh")
-_RGB_BANDS = ("i", "r", "g")
+_RGB_BANDS = HSC_BANDS
 
 
 def _channel_order(c: int, bands: Sequence[str] | None) -> list[int]:

@@ -37,7 +37,7 @@ class ReferencePool:
     provenance: dict = field(default_factory=dict)
 
     @classmethod
-    def from_scores(cls, scores, **provenance) -> "ReferencePool":
+    def from_scores(cls, scores, **provenance) -> ReferencePool:
         """Sort ``scores`` (finite, 1-D) into a pool; keyword arguments become provenance."""
         s = np.sort(check_scores(scores, "reference scores"))
         from . import __version__
@@ -70,7 +70,7 @@ class ReferencePool:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "ReferencePool":
+    def load(cls, path: str | os.PathLike) -> ReferencePool:
         """Read a pool written by :meth:`save` (memory-mapped)."""
         from astropy.io import fits
 

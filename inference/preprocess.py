@@ -19,7 +19,8 @@ NaN and inf pixels are ignored when computing percentiles and become 0 on output
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numba as nb
 import numpy as np

@@ -280,9 +280,7 @@ def ordinality_against(scores, reference, *, assume_sorted: bool = False) -> np.
     -------
     float64 array (N): ``(count(ref < s) + ½·count(ref == s)) / M``, in [0, 1].
     """
-    from .pool import ReferencePool
-
-    if isinstance(reference, ReferencePool):
+    if hasattr(reference, "scores") and not isinstance(reference, np.ndarray):  # a ReferencePool (sorted)
         reference, assume_sorted = reference.scores, True
     s = check_scores(scores, "scores")
     ref = check_scores(reference, "reference") if not assume_sorted else _check_sorted(reference)

@@ -55,7 +55,8 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from .errors import InputError, file_error
+from .errors import InputError, file_error, first_line
+from .formats import FITS_SUFFIXES, is_fits
 from .metadata import ModelMetadata
 
 FLAG_NONFINITE = 1
@@ -71,7 +72,6 @@ FLAG_BITS = {
     "SCORE_NONFINITE": (FLAG_SCORE_NONFINITE, "model returned a NaN/inf logit"),
 }
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fits.fz")
 KINDS = ("npy", "fits_cube", "fits_dir", "survey", "tiles")
 
 __all__ = [
@@ -190,16 +190,6 @@ def cutout_flags(images: np.ndarray, flags: np.ndarray | None = None) -> np.ndar
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
-def _is_fits(p: Path) -> bool:
-    name = p.name.lower()
-    return any(name.endswith(s) for s in FITS_SUFFIXES)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _check_dtype(dtype: np.dtype, where) -> None:
     if dtype.kind not in "uif" or dtype.itemsize > 8:
         raise file_error(where, f"cannot scan pixels of dtype {dtype}; expected integers or floats")
@@ -230,7 +220,7 @@ def _shape_error(path, shape, meta: ModelMetadata) -> InputError:
     return file_error(
         path,
         f"holds an array of shape {tuple(shape)}, but the model expects cutouts {c}×{h}×{w} "
-        f"(N×{c}×{h}×{w}{' or N×%d×%d' % (h, w) if c == 1 else ''}; bands {', '.join(meta.bands)}); "
+        f"(N×{c}×{h}×{w}{f' or N×{h}×{w}' if c == 1 else ''}; bands {', '.join(meta.bands)}); "
         "for survey images pass --catalog or --tile",
     )
 
@@ -249,7 +239,7 @@ def _open_fits(path):
     try:
         return fits.open(path, memmap=False, lazy_load_hdus=True)
     except Exception as exc:  # astropy raises OSError, ValueError, ... for bad files
-        raise file_error(path, f"not a readable FITS file ({_first_line(exc)})") from None
+        raise file_error(path, f"not a readable FITS file ({first_line(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,7 +260,7 @@ def _resolve_npy(p: Path, meta: ModelMetadata) -> SourceSpec:
                 del mm
             offset = fh.tell()
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/EOFError/OSError
-        raise file_error(p, f"not a readable .npy file ({_first_line(exc)})") from None
+        raise file_error(p, f"not a readable .npy file ({first_line(exc)})") from None
     _check_dtype(np.dtype(dtype), p)
     if fortran and len(shape) > 1:
         raise file_error(p, "Fortran-ordered .npy; save it C-ordered (np.ascontiguousarray) to scan it")
@@ -293,7 +283,7 @@ def _resolve_fits_cube(p: Path, meta: ModelMetadata) -> SourceSpec:
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - malformed headers
-            raise file_error(p, f"not a readable FITS file ({_first_line(exc)})") from None
+            raise file_error(p, f"not a readable FITS file ({first_line(exc)})") from None
     fit = _nchw(shape, meta)
     if fit is None:
         raise _shape_error(p, shape, meta)
@@ -301,7 +291,7 @@ def _resolve_fits_cube(p: Path, meta: ModelMetadata) -> SourceSpec:
 
 
 def _resolve_fits_dir(p: Path, meta: ModelMetadata) -> SourceSpec:
-    files = sorted(str(f) for f in p.iterdir() if f.is_file() and _is_fits(f))
+    files = sorted(str(f) for f in p.iterdir() if f.is_file() and is_fits(f))
     if not files:
         raise file_error(p, f"directory holds no FITS cutouts ({', '.join(FITS_SUFFIXES)})")
     return SourceSpec("fits_dir", files, len(files), str(p), {})
@@ -370,7 +360,7 @@ def _read_wcs(path: str, hdu: int):
                 warnings.simplefilter("ignore")
                 return WCS(header, naxis=2)
         except Exception as exc:  # noqa: BLE001
-            raise file_error(path, f"unreadable WCS ({_first_line(exc)})") from None
+            raise file_error(path, f"unreadable WCS ({first_line(exc)})") from None
 
 
 def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col) -> SourceSpec:
@@ -383,7 +373,7 @@ def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col) -> Sour
     try:
         table = Table.read(cat)
     except Exception as exc:  # noqa: BLE001
-        raise file_error(cat, f"not a readable catalogue ({_first_line(exc)})") from None
+        raise file_error(cat, f"not a readable catalogue ({first_line(exc)})") from None
     names = table.colnames
     if x_col or y_col:
         cols = {"x_col": x_col or "x", "y_col": y_col or "y"}
@@ -479,7 +469,7 @@ def resolve_inputs(
                 raise file_error(p, "file is empty")
             elif p.suffix.lower() == ".npy":
                 specs.append(_resolve_npy(p, metadata))
-            elif _is_fits(p):
+            elif is_fits(p):
                 specs.append(_resolve_fits_cube(p, metadata))
             else:
                 raise file_error(p, "unknown input type; expected .npy, a FITS cube (.fits/.fz) or a directory of "
@@ -514,7 +504,7 @@ def _read_npy(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata) -> n
         arr = np.array(mm)
         del mm
     except (OSError, ValueError) as exc:
-        raise file_error(spec.paths[0], f"cannot read objects {start}:{stop} ({_first_line(exc)})") from None
+        raise file_error(spec.paths[0], f"cannot read objects {start}:{stop} ({first_line(exc)})") from None
     return arr.reshape((n,) + tuple(meta.input_shape))
 
 
@@ -528,7 +518,7 @@ def _read_fits_cube(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
-            raise file_error(path, f"cannot read objects {start}:{stop} ({_first_line(exc)})") from None
+            raise file_error(path, f"cannot read objects {start}:{stop} ({first_line(exc)})") from None
     return arr.reshape((stop - start,) + tuple(meta.input_shape))
 
 
@@ -540,7 +530,7 @@ def _read_one_fits_cutout(path: str, meta: ModelMetadata) -> np.ndarray:
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise file_error(path, f"cannot read the cutout ({_first_line(exc)})") from None
+            raise file_error(path, f"cannot read the cutout ({first_line(exc)})") from None
     fit = _nchw(arr.shape, meta)
     if fit is None or fit[1]:
         raise _shape_error(path, arr.shape, meta)
@@ -556,7 +546,7 @@ def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, 
     try:
         table = Table.read(catalog)
     except Exception as exc:  # noqa: BLE001
-        raise file_error(catalog, f"not a readable catalogue ({_first_line(exc)})") from None
+        raise file_error(catalog, f"not a readable catalogue ({first_line(exc)})") from None
 
     def col(name):
         return np.asarray(np.ma.filled(np.ma.asarray(table[name], dtype=np.float64), np.nan), dtype=np.float64)
@@ -622,7 +612,7 @@ def _read_survey(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata, b
                     if padded:
                         block.flags[i] |= FLAG_EDGE
             except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
-                raise file_error(path, f"cannot read pixels ({_first_line(exc)})") from None
+                raise file_error(path, f"cannot read pixels ({first_line(exc)})") from None
 
 
 def read_block(spec: SourceSpec, start: int, stop: int, metadata: ModelMetadata, *,

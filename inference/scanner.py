@@ -32,14 +32,15 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from .errors import InputError, file_error
+from .progress import stage
 
 __all__ = ["scan", "ScanResult", "select_top", "mosaic_of", "parts_dir"]
 
@@ -189,7 +190,7 @@ def scan(
     top: float | int | None = None,
     mosaic: str | os.PathLike | None = None,
     keep_going: bool = False,
-    progress: bool = True,
+    progress=None,
     formats: list[str] | None = None,
     catalog: str | os.PathLike | None = None,
     ra_col: str | None = None,
@@ -218,7 +219,8 @@ def scan(
         with ``mosaic`` and no ``top``, the seed's cut (ordinality > 0.995)
     mosaic : PNG path for the labelled grid of the top candidates (at most 64)
     keep_going : skip unreadable inputs and cutouts (listed in the result and the catalogue)
-    progress : show a progress bar (stderr)
+    progress : a :class:`~deepmine.inference.progress.Progress` (one stage, ``"scanning"``, in
+        cutouts) or None for none
     formats : catalogue formats (default fits, ecsv, and parquet with pyarrow)
     catalog, ra_col, dec_col, x_col, y_col : survey scan around catalogued sources
     tile, stride : sliding-tile scan of survey images
@@ -258,44 +260,25 @@ def scan(
     n_resumed = sum(shard_done(s, folder) for s in shards)
     total = sum(s.n for s in shards)
 
-    bar = None
-    if progress:
-        from .cli.common import progress as make_progress
-
-        bar = make_progress()
-        bar.start()
-        tid = bar.add_task("scanning", total=total, rate="")
-        t_bar = time.perf_counter()
-        done_n = [0]
-
-        def advance(k: int) -> None:
-            done_n[0] += k
-            rate = done_n[0] / max(time.perf_counter() - t_bar, 1e-9)
-            bar.update(tid, advance=k, rate=f"{rate:,.0f}/s")
-    else:
-        advance = None
+    advance = stage(progress, "scanning", total) if progress else None
 
     fn = functools.partial(run_shard, model_path if model_path is None else str(model.path), out_dir=folder,
                            batch_size=b, threads=threads, device=device, keep_going=keep_going)
     parts = []
-    try:
-        if executor is None:
-            fn_local = functools.partial(fn, progress=advance)
-            results = _local_executor(fn_local, shards)
-        else:
-            results = executor(fn, shards)
-        for shard, res in results:
-            if isinstance(res, BaseException):
-                if not (keep_going and isinstance(res, InputError)):
-                    raise res
-                skipped.append((shard.spec.name, str(res)))
-                continue
-            parts.append(res)
-            if executor is not None and advance is not None:
-                advance(shard.n)
-    finally:
-        if bar is not None:
-            bar.stop()
+    if executor is None:
+        fn_local = functools.partial(fn, progress=advance)
+        results = _local_executor(fn_local, shards)
+    else:
+        results = executor(fn, shards)
+    for shard, res in results:
+        if isinstance(res, BaseException):
+            if not (keep_going and isinstance(res, InputError)):
+                raise res
+            skipped.append((shard.spec.name, str(res)))
+            continue
+        parts.append(res)
+        if executor is not None and advance is not None:
+            advance(shard.n)
     parts = sorted(parts, key=lambda p: p.name)
     table = merge_parts(parts, reference=pool, with_spec_index=True)
     seen = set()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, file_error
+from .errors import InputError, file_error, first_line
+from .formats import load_npy
 
 SCORE_COLUMNS = ("logit", "score", "probability")
 
@@ -33,13 +34,7 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
         raise file_error(p, "file is empty")
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix.lower() == ".gz" else p.suffix.lower()
     if suffix == ".npy":
-        with open(p, "rb") as fh:
-            if fh.read(6) != b"\x93NUMPY":
-                raise file_error(p, "not a .npy file (no NumPy header); is it a text or a corrupt file?")
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise file_error(p, f"not a readable .npy array ({str(exc).splitlines()[0]})") from None
+        arr = load_npy(p)
         if column is not None:
             raise file_error(p, f"--column {column!r} given, but a .npy file has no columns")
         if arr.ndim == 2 and 1 in arr.shape:
@@ -52,7 +47,7 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
     try:
         table = Table.read(p)
     except Exception as exc:  # astropy raises many kinds for bad files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise file_error(p, f"not a readable catalogue ({first})") from None
     if column is None:
         column = next((c for c in SCORE_COLUMNS if c in table.colnames), None)

@@ -9,39 +9,32 @@ Parameter tables and priors: :func:`reference_lens_params`, :func:`sample_lens_p
 (:mod:`.params` documents the columns). Batched synthesis: :func:`craft_lenses`,
 :func:`craft_negatives`.
 """
-from deepmine.inference.preprocess import percentile_normalization
+# name → module; resolved on first access (PEP 562), so that importing a command module
+# (deepmine.lenscrafter.cli.*) for `deepmine --help` does not compile or load Numba.
+_LAZY = {
+    "percentile_normalization": "deepmine.inference.preprocess",
+    **dict.fromkeys(("NEGATIVE_KINDS", "craft_negatives"), ".negatives"),
+    **dict.fromkeys(("LENS_COLUMNS", "PARAM_RANGES", "check_lens_params", "offset_lenses", "read_lens_params",
+                     "reference_lens_params", "sample_lens_params"), ".params"),
+    **dict.fromkeys(("BANDS", "HSC", "PIXEL_SCALE", "ZERO_POINT", "compose", "convolve_psf", "deflect",
+                     "gaussian_psf", "moffat_psf", "observe", "pixel_grid", "shot_noise"), ".pipeline"),
+    **dict.fromkeys(("magnitude_to_flux", "sersic", "sersic_amp_from_flux", "sersic_total_flux",
+                     "sie_deflection"), ".profiles"),
+    "craft_lenses": ".synth",
+}
 
-from .negatives import NEGATIVE_KINDS, craft_negatives
-from .params import (
-    LENS_COLUMNS,
-    PARAM_RANGES,
-    check_lens_params,
-    offset_lenses,
-    read_lens_params,
-    reference_lens_params,
-    sample_lens_params,
-)
-from .pipeline import (
-    BANDS,
-    HSC,
-    PIXEL_SCALE,
-    ZERO_POINT,
-    compose,
-    convolve_psf,
-    deflect,
-    gaussian_psf,
-    moffat_psf,
-    observe,
-    pixel_grid,
-    shot_noise,
-)
-from .profiles import magnitude_to_flux, sersic, sersic_amp_from_flux, sersic_total_flux, sie_deflection
-from .synth import craft_lenses
+__all__ = sorted(_LAZY)
 
-__all__ = [
-    "BANDS", "HSC", "LENS_COLUMNS", "NEGATIVE_KINDS", "PARAM_RANGES", "PIXEL_SCALE", "ZERO_POINT",
-    "check_lens_params", "compose", "convolve_psf", "craft_lenses", "craft_negatives", "deflect",
-    "gaussian_psf", "magnitude_to_flux", "moffat_psf", "observe", "offset_lenses", "percentile_normalization",
-    "pixel_grid", "read_lens_params", "reference_lens_params", "sample_lens_params", "sersic",
-    "sersic_amp_from_flux", "sersic_total_flux", "shot_noise", "sie_deflection",
-]  # fmt: skip
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

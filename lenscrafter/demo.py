@@ -20,13 +20,12 @@ Steps (all torch-free, everything written to one folder):
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from deepmine.inference.atomic import atomic_path, atomic_open
+from deepmine.inference.atomic import atomic_open, atomic_path
 from deepmine.inference.errors import InputError
 
 DEMO_LENS_PRIORS = {"m_g_src": (22.0, 24.0), "theta_e": (1.0, 2.5)}
@@ -75,8 +74,10 @@ def small_selection(model_path, pool_scores: np.ndarray, out_dir: Path, seed: in
 
 
 def run_demo(out_dir, *, n_negatives: int = 3000, n_lenses: int = 40, seed: int = 0, model=None,
-             threads: int | None = None, selection: bool = True, progress: bool = True) -> dict:
-    """Run the whole demo into ``out_dir``; return the figures and output paths (JSON-ready)."""
+             threads: int | None = None, selection: bool = True, progress=None) -> dict:
+    """Run the whole demo into ``out_dir``; return the figures and output paths (JSON-ready).
+
+    ``progress`` is a :class:`deepmine.inference.progress.Progress` (or None) for the scan."""
     from deepmine.inference.model import resolve_model_path
     from deepmine.inference.ranking import ordinality_against, ranking_performance, tracer_recovery_curve
     from deepmine.inference.scanner import scan

@@ -29,8 +29,8 @@ import math
 import numba as nb
 import numpy as np
 
-from .vmath import _FAST, vatan, vexp, vlog, vsincos_2pi
 from .profiles import NPREP, sersic_prep, sersic_set_cutoff, sersic_shape, sie_alpha, sie_prep
+from .vmath import _FAST, vatan, vexp, vlog, vsincos_2pi
 
 #: Profiles are truncated where they fall below this many counts per pixel (far below any noise).
 PROFILE_FLOOR = 1e-7

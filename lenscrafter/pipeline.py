@@ -30,11 +30,12 @@ import math
 import numpy as np
 
 from deepmine.inference.errors import InputError
+from deepmine.inference.formats import HSC_BANDS
 
 from . import kernels
 
 #: Channel order of every LensCrafter image (R, G, B).
-BANDS = ("i", "r", "g")
+BANDS = HSC_BANDS
 PIXEL_SCALE = 0.168
 ZERO_POINT = 27.0
 HSC = {

@@ -36,15 +36,16 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.errors import InputError, file_error, first_line
+from deepmine.inference.formats import HSC_BANDS
 
 from .selection_grid import SelectionGrid
 
@@ -197,7 +198,7 @@ def _craft_for_model(params, craft_seed: int, index_offset: int, model):
     return _select_bands(images, meta.bands)
 
 
-CRAFT_BANDS = ("i", "r", "g")
+CRAFT_BANDS = HSC_BANDS
 
 
 def _select_bands(images: np.ndarray, bands) -> np.ndarray:
@@ -352,8 +353,9 @@ def run_cells(
         pipeline = model.provider != "CPUExecutionProvider"
     overlap = pipeline and len(chunks) > 1 and _numba_threadsafe()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepmine-craft") if overlap else _Inline() as ex:
+        pending = None
         for i, chunk in enumerate(chunks):
-            images, t_craft = first if i == 0 else pending.result()
+            images, t_craft = first if pending is None else pending.result()
             pending = ex.submit(craft, chunks[i + 1]) if i + 1 < len(chunks) else None
             k = chunk.size
             t1 = time.perf_counter()
@@ -416,6 +418,7 @@ def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, ba
     size and pixel scale; only their logits are kept.
     """
     from deepmine.inference.pool import ReferencePool
+
     from .negatives import craft_negatives
 
     if int(n) < 1:
@@ -588,7 +591,7 @@ class SelectionFunction:
         return [fits_path, ecsv_path]
 
     @classmethod
-    def load(cls, path) -> "SelectionFunction":
+    def load(cls, path) -> SelectionFunction:
         """Read a table written by :meth:`save` (FITS or ECSV)."""
         from astropy.table import Table
 
@@ -599,7 +602,7 @@ class SelectionFunction:
         try:
             t = Table.read(p, format=fmt)
         except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad files
-            raise file_error(p, f"cannot read table ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise file_error(p, f"cannot read table ({type(exc).__name__}: {first_line(exc) if str(exc) else ''})") from None
         if t.meta.get("DMSEL") != MARKER:
             raise file_error(p, "not a deepmine selection function (no DMSEL marker)")
         grid = SelectionGrid.from_dict(json.loads(t.meta["GRIDJSON"]))

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.errors import InputError, file_error, first_line
 
 #: Figure 3.3 short names → LensCrafter parameter columns.
 ALIASES = {
@@ -221,7 +221,7 @@ class SelectionGrid:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SelectionGrid":
+    def from_dict(cls, data: dict) -> SelectionGrid:
         return cls(
             axes=[GridAxis(**a) for a in data["axes"]],
             fixed=dict(data.get("fixed", {})),
@@ -359,7 +359,7 @@ def read_grid(path: str | os.PathLike, known=None) -> SelectionGrid:
         try:
             t = Table.read(p, format="ascii.ecsv")
         except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad files
-            raise file_error(p, f"not a readable ECSV table ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise file_error(p, f"not a readable ECSV table ({first_line(exc)})") from None
         need = {"name", "lo", "hi", "bins"}
         if not need <= set(t.colnames):
             raise file_error(p, f"grid table needs columns name, lo, hi, bins (has {', '.join(t.colnames)})")

@@ -22,6 +22,7 @@ from . import kernels
 from .params import check_lens_params
 from .pipeline import HSC, PIXEL_SCALE, ZERO_POINT, check_psf, default_psf, psf_terms
 from .profiles import magnitude_to_flux, sersic_amp_from_flux
+from .scene import field_rows
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,6 @@ def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: f
     if not (np.isfinite(field) and 0.0 <= field <= 50.0):
         raise InputError(f"field={field!r}: expected a mean number of field galaxies in 0..50")
     if field > 0:
-        from .negatives import field_rows
-
         comp, starts = field_rows(comp, starts, field, seed=seed, index_offset=index_offset,
                                   size=obs.size, pixel_scale=obs.pixel_scale, zero_point=zero_point)
     return finish(render(comp, starts, lenses, obs, seed, index_offset), output)

@@ -48,6 +48,23 @@ def test_plain_install_has_no_torch_and_cli_works(clean_venv, tmp_path):
     assert (site / "deepmine" / "inference" / "ranking.py").exists()
 
 
+def test_every_subpackage_is_installed_and_every_command_has_help(clean_venv):
+    """pyproject.toml names packages explicitly: each folder with an __init__.py must be listed
+    (or it is missing from the wheel), and each command's --help works without torch."""
+    py = clean_venv / "bin" / "python"
+    packages = sorted("deepmine." + ".".join(p.parent.relative_to(ROOT).parts)
+                      for top in ("inference", "lenscrafter", "export", "training")
+                      for p in (ROOT / top).rglob("__init__.py"))
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\nprint('ok')"
+    out = subprocess.run([str(py), "-c", code, *packages], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    exe = clean_venv / "bin" / "deepmine"
+    for command in ("demo", "craft", "scan", "rank", "selection", "inspect", "train", "export", "generate",
+                    "info", "bench"):
+        out = subprocess.run([str(exe), command, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "Usage" in out.stdout, (command, out.stderr[-1000:])
+
+
 def test_training_command_says_to_install_extra(clean_venv):
     exe = clean_venv / "bin" / "deepmine"
     out = subprocess.run([str(exe), "train", "eznet", "cfg.toml", "--positives", "p.npy", "--negatives", "n.npy",

@@ -50,7 +50,7 @@ def _one_line_error(rc, err, *needles):
     [
         (lambda p: None, "not found"),
         (lambda p: p.write_bytes(b""), "empty"),
-        (lambda p: p.write_text("not numpy at all"), "not a .npy file"),
+        (lambda p: p.write_text("not numpy at all"), "not a readable .npy array"),
         (lambda p: p.write_bytes(open(p.parent / "neg.npy", "rb").read()[:100]), "not a readable .npy"),
         (lambda p: np.save(p, np.array([0.5, np.nan, 1.0])), "NaN and inf"),
         (lambda p: np.save(p, np.zeros((3, 3))), "1-D"),

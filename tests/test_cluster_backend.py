@@ -9,9 +9,10 @@ import pytest
 
 pytest.importorskip("distributed")
 
+from fixtures_models import blobs, make_classifier  # noqa: E402
+
 from deepmine.inference.cluster import connect, map_shards  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
-from fixtures_models import blobs, make_classifier  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -84,7 +85,7 @@ def test_map_keeps_order_feeds_progress_and_uses_worker_processes(cluster):
 
 def test_map_shards_attaches_to_a_running_scheduler(cluster):
     address = cluster.client.scheduler.address
-    res = map_shards(_square, [3, 1, 2], cluster=address, workers=2, progress=True, log=None)
+    res = map_shards(_square, [3, 1, 2], cluster=address, workers=2, progress=None, log=None)
     assert [r[0] for r in res] == [9, 1, 4]
     assert cluster.n_workers == 2  # attaching and detaching leaves the cluster running
 

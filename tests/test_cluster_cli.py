@@ -7,10 +7,11 @@ import pytest
 
 pytest.importorskip("distributed")
 
+from fixtures_models import blobs, make_classifier  # noqa: E402
+
 from deepmine.inference.catalog import read_catalog  # noqa: E402
 from deepmine.inference.cluster import connect  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
-from fixtures_models import blobs, make_classifier  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

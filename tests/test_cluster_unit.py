@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("distributed")
 
 from deepmine.inference import cluster as dmc  # noqa: E402
+from deepmine.inference.cli.cluster_options import cli_cluster  # noqa: E402
+from deepmine.inference.cluster import backend as dmc_backend  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.cluster
@@ -68,20 +70,20 @@ def _shard_fn(item, *, threads=None, out=None):
 
 def test_executor_gives_unset_threads_to_the_shard_function():
     fn = functools.partial(_shard_fn, threads=None, out="x")
-    assert dmc._with_threads(fn, 3)(1) == (1, 3)
+    assert dmc_backend._with_threads(fn, 3)(1) == (1, 3)
     fixed = functools.partial(_shard_fn, threads=2)
-    assert dmc._with_threads(fixed, 3) is fixed
-    assert dmc._with_threads(len, 3) is len
+    assert dmc_backend._with_threads(fixed, 3) is fixed
+    assert dmc_backend._with_threads(len, 3) is len
 
 
 def test_cli_cluster_without_cluster_needs_no_dask():
-    run = dmc.cli_cluster(None, None, 4)
+    run = cli_cluster(None, None, 4)
     assert (run.threads, run.executor, run.map_parts) == (4, None, None)
     run.close()
     with pytest.raises(InputError, match="--workers: only used with --cluster"):
-        dmc.cli_cluster(None, 2)
+        cli_cluster(None, 2)
     with pytest.raises(InputError, match="--cluster-opt: only used with --cluster slurm or pbs"):
-        dmc.cli_cluster(None, None, None, ["queue=x"])
+        cli_cluster(None, None, None, ["queue=x"])
 
 
 def test_nothing_imports_dask_without_cluster(tmp_path):
@@ -111,7 +113,7 @@ def test_nothing_imports_dask_without_cluster(tmp_path):
 def _job_script(kind, **kwargs):
     pytest.importorskip("dask_jobqueue")
     spec = dmc.parse_cluster(kind, workers=2, **kwargs)
-    cl, threads = dmc._batch_cluster(spec, dashboard_address=None)
+    cl, threads = dmc_backend._batch_cluster(spec, dashboard_address=None)
     try:
         return cl.job_script(), threads
     finally:

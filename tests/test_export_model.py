@@ -15,9 +15,9 @@ from torch.nn import functional as F  # noqa: E402
 
 from deepmine.export import ExportWarning, ParityError, content_hash, export_model, op_counts  # noqa: E402
 from deepmine.export import parity as parity_mod  # noqa: E402
-from deepmine.inference.cli.info_cmd import verify_content_hash  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
 from deepmine.inference.metadata import ModelMetadata, read_metadata  # noqa: E402
+from deepmine.inference.onnxhash import verify_content_hash  # noqa: E402
 from deepmine.inference.preprocess import prepare_batch  # noqa: E402
 
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.torch
 
 from deepmine.inference.errors import InputError  # noqa: E402
 from deepmine.training import create_model  # noqa: E402
-from deepmine.training.gan import GanRecipe, load_gan_recipe, sample_grid, train_gan  # noqa: E402
+from deepmine.training.gan import load_gan_recipe, sample_grid, train_gan  # noqa: E402
 
 SIZE = 32
 #: gan-tiny, shrunk further so that a whole run takes a few seconds on one core.
@@ -160,9 +160,15 @@ def test_resume_continues_exactly(data, run, tmp_path):
     recipe = load_gan_recipe("gan-tiny", TINY)
     stop_at = 4  # steps: 2 pretraining + 2 in cycle 1
 
-    def progress(desc, done, total):
-        if done == stop_at + 1:
-            raise KeyboardInterrupt
+    def progress(description, total):
+        done = [0]
+
+        def advance(k=1, note=""):
+            done[0] += k
+            if done[0] == stop_at + 1:
+                raise KeyboardInterrupt
+
+        return advance
 
     with pytest.raises(KeyboardInterrupt):
         train_gan(recipe, *data, out, progress=progress)
@@ -218,7 +224,7 @@ def test_cli_command_registers_in_a_train_group(data, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from deepmine.inference.cli.train_gan_cmd import register_train as register_gan
+    from deepmine.training.cli.train_gan_cmd import register_train as register_gan
 
     app = typer.Typer()
     register_gan(app)

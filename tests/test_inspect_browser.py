@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from astropy.table import Table
+from test_inspect_core import make_scan
 
 from deepmine.inference.inspect_app import InspectSession, make_server, serve_in_thread, server_url
-from test_inspect_core import make_scan
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("DEEPMINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,9 +10,7 @@ import sys
 import urllib.request
 
 import numpy as np
-import pytest
 from astropy.table import Table
-
 from test_inspect_core import make_scan
 
 

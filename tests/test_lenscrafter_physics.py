@@ -83,7 +83,7 @@ def test_rendered_einstein_ring_peaks_at_theta_e():
 def test_sersic_total_flux_matches_the_integral():
     for n in (0.5, 1.0, 2.5, 4.0, 7.0):
         r_eff = 0.7
-        val, _ = integrate.quad(lambda r: 2 * np.pi * r * sersic(r, 0.0, 1.0, r_eff, n, 1.0, 0.0), 0, 2000 * r_eff,
+        val, _ = integrate.quad(lambda r, r_eff=r_eff, n=n: 2 * np.pi * r * sersic(r, 0.0, 1.0, r_eff, n, 1.0, 0.0), 0, 2000 * r_eff,
                                 limit=500, points=[r_eff, 10 * r_eff])
         assert sersic_total_flux(1.0, r_eff, n) == pytest.approx(val, rel=2e-4)
     # ellipticity does not change the total flux (circularised radius)

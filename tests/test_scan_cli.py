@@ -1,17 +1,16 @@
 """``deepmine scan`` end to end: catalogue, provenance, top list, mosaic, bad inputs."""
-import json
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from fixtures_models import blobs, make_classifier, toy_logit
 
 from deepmine.inference.catalog import read_catalog
 from deepmine.inference.model import load_model
 from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import ordinality
 from deepmine.inference.scanner import scan
-from fixtures_models import blobs, make_classifier, toy_logit
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ import warnings
 
 import numpy as np
 import pytest
+from fixtures_models import blobs, make_classifier, toy_logit
 
 from deepmine.inference.errors import InputError
 from deepmine.inference.model import get_model, load_model, resolve_model_path
-from fixtures_models import blobs, make_classifier, toy_logit
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,6 @@ def test_bad_model_files(tmp_path):
     junk.write_bytes(b"not a model at all")
     with pytest.raises(InputError, match="junk.onnx: not a readable ONNX model"):
         load_model(junk)
-    import onnx
     from onnx import TensorProto, helper
 
     g = helper.make_graph([helper.make_node("Identity", ["image"], ["logit"])], "g",

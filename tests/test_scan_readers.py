@@ -7,7 +7,13 @@ from astropy.table import Table
 from deepmine.inference.errors import InputError
 from deepmine.inference.metadata import ModelMetadata
 from deepmine.inference.readers import (
-    FLAG_BAND_BLANK, FLAG_BLANK, FLAG_EDGE, FLAG_NONFINITE, cutout_flags, read_block, resolve_inputs,
+    FLAG_BAND_BLANK,
+    FLAG_BLANK,
+    FLAG_EDGE,
+    FLAG_NONFINITE,
+    cutout_flags,
+    read_block,
+    resolve_inputs,
 )
 
 META = ModelMetadata(architecture="toy", input_shape=[3, 16, 16], bands=["i", "r", "g"])

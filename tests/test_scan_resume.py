@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from fixtures_models import blobs, make_classifier
 
 from deepmine.inference.catalog import read_catalog
 from deepmine.inference.errors import InputError
 from deepmine.inference.scanner import parts_dir, scan
 from deepmine.inference.shards import merge_parts, plan_shards, run_shard, shard_done
-from fixtures_models import blobs, make_classifier
 
 
 def test_shards_reference_inputs_and_cover_every_object_once(tmp_path):

@@ -16,9 +16,9 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import deepmine.lenscrafter.selection as selection_module  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
 from deepmine.inference.metadata import ModelMetadata  # noqa: E402
-import deepmine.lenscrafter.selection as selection_module  # noqa: E402
 from deepmine.lenscrafter.selection import (  # noqa: E402
     SelectionFunction,
     build_reference_pool,

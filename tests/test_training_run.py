@@ -93,7 +93,7 @@ def _state(path):
 
 
 def test_run_writes_outputs_and_is_reproducible(toy, tmp_path):
-    a = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "a", show_progress=False, plot=True)
+    a = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "a", plot=True)
     for name in ("checkpoint.pt", "model.pt", "phase-main.pt", "history.csv", "recipe.json", "curves.png"):
         assert (tmp_path / "a" / name).is_file(), name
     rows = read_history(tmp_path / "a" / "history.csv")
@@ -113,10 +113,10 @@ def test_run_writes_outputs_and_is_reproducible(toy, tmp_path):
     assert model.deepmine_config["preprocessing"]["kind"] == "percentile"
     json.dumps(prov)  # goes into the ONNX metadata as JSON
     # same seed → same weights; another seed → different weights
-    b = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "b", show_progress=False)
+    b = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "b")
     sa, sb = _state(a.model_path), _state(b.model_path)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    c = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "c", show_progress=False, seed=1)
+    c = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "c", seed=1)
     sc = _state(c.model_path)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
@@ -136,16 +136,16 @@ def _kill_after(k):
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(toy, tmp_path):
     args = (toy / "tiny_lensflow.toml", toy / "pos1.npy", toy / "neg1.npy")
     extras = {"extra_positives": toy / "tracers.npy", "extra_negatives": toy / "false_pos.npy"}
-    full = train(*args, tmp_path / "full", show_progress=False, **extras)
+    full = train(*args, tmp_path / "full", **extras)
     # killed in the middle of a phase (epoch 2 = coarse 1/2) and at a phase end (epoch 4 = fine)
     for k in (2, 4):
         out = tmp_path / f"killed{k}"
         with pytest.raises(_Kill):
-            train(*args, out, show_progress=False, on_epoch_end=_kill_after(k), **extras)
+            train(*args, out, on_epoch_end=_kill_after(k), **extras)
         assert len(read_history(out / "history.csv")) == k
         with pytest.raises(InputError, match="pass --resume"):
-            train(*args, out, show_progress=False, **extras)
-        resumed = train(*args, out, show_progress=False, resume=True, **extras)
+            train(*args, out, **extras)
+        resumed = train(*args, out, resume=True, **extras)
         ref, got = _state(full.model_path), _state(resumed.model_path)
         assert all(torch.equal(ref[k2], got[k2]) for k2 in ref), f"kill after epoch {k}"
         assert read_history(out / "history.csv") == [
@@ -153,7 +153,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(toy, tmp_path):
             for r, g in zip(read_history(tmp_path / "full" / "history.csv"), read_history(out / "history.csv"))
         ]
     # resuming a finished run changes nothing
-    again = train(*args, tmp_path / "full", show_progress=False, resume=True, **extras)
+    again = train(*args, tmp_path / "full", resume=True, **extras)
     assert all(torch.equal(v, _state(again.model_path)[k]) for k, v in _state(full.model_path).items())
 
 
@@ -185,9 +185,9 @@ def test_resume_after_sigkill_of_the_cli(toy, tmp_path, request):
     proc.wait()
     done = len(read_history(out / "history.csv"))
     assert done >= 1
-    resumed = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", out, show_progress=False,
+    resumed = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", out,
                     resume=True, sets={"epochs": 8})  # fmt: skip
-    full = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "full", show_progress=False,
+    full = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "full",
                  sets={"epochs": 8})  # fmt: skip
     ref, got = _state(full.model_path), _state(resumed.model_path)
     assert all(torch.equal(ref[k], got[k]) for k in ref), f"killed after {done} epochs"
@@ -195,7 +195,7 @@ def test_resume_after_sigkill_of_the_cli(toy, tmp_path, request):
 
 
 def test_lensflow_phases(toy, tmp_path):
-    res = train(toy / "tiny_lensflow.toml", toy / "pos1.npy", toy / "neg1.npy", tmp_path / "lf", show_progress=False,
+    res = train(toy / "tiny_lensflow.toml", toy / "pos1.npy", toy / "neg1.npy", tmp_path / "lf",
                 extra_positives=toy / "tracers.npy", extra_negatives=toy / "false_pos.npy")  # fmt: skip
     rows = res.history
     assert [r["phase"] for r in rows] == ["pretrain", "coarse", "coarse", "fine", "search"]
@@ -220,7 +220,7 @@ def test_lensflow_phases(toy, tmp_path):
 
 
 def test_early_stopping_restores_the_best_epoch(toy, tmp_path):
-    res = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "es", show_progress=False,
+    res = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "es",
                 sets={"early_stop.patience": 1, "early_stop.metric": "test_loss", "epochs": 6,
                       "optimizer.lr": 2.0, "schedule.milestones": []})  # fmt: skip
     done = load_checkpoint(res.model_path)[1]["provenance"]["phases_done"][0]
@@ -234,24 +234,24 @@ def test_early_stopping_restores_the_best_epoch(toy, tmp_path):
 def test_bad_inputs_are_clear_errors(toy, tmp_path):
     r = toy / "tiny_eznet.toml"
     with pytest.raises(InputError, match="--positives file not found"):
-        train(r, tmp_path / "nope.npy", toy / "neg.npy", tmp_path / "o1", show_progress=False)
+        train(r, tmp_path / "nope.npy", toy / "neg.npy", tmp_path / "o1")
     with pytest.raises(InputError, match="cutouts are 1×36×36 but the model takes 3×16×16"):
-        train(r, toy / "pos1.npy", toy / "neg.npy", tmp_path / "o2", show_progress=False)
+        train(r, toy / "pos1.npy", toy / "neg.npy", tmp_path / "o2")
     with pytest.raises(InputError, match="--amp: automatic mixed precision needs a CUDA device"):
-        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o3", show_progress=False, device="cpu", amp=True)
+        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o3", device="cpu", amp=True)
     with pytest.raises(InputError, match="--device .tpu.: expected cpu, cuda or auto"):
-        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o4", show_progress=False, device="tpu")
+        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "o4", device="tpu")
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="--out must be a folder"):
-        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "file", show_progress=False)
+        train(r, toy / "pos.npy", toy / "neg.npy", tmp_path / "file")
     # resuming with another recipe or other data is refused
     out = tmp_path / "o5"
     with pytest.raises(_Kill):
-        train(r, toy / "pos.npy", toy / "neg.npy", out, show_progress=False, on_epoch_end=_kill_after(1))
+        train(r, toy / "pos.npy", toy / "neg.npy", out, on_epoch_end=_kill_after(1))
     with pytest.raises(InputError, match="different recipe"):
-        train(r, toy / "pos.npy", toy / "neg.npy", out, show_progress=False, resume=True, sets={"optimizer.lr": 0.01})
+        train(r, toy / "pos.npy", toy / "neg.npy", out, resume=True, sets={"optimizer.lr": 0.01})
     with pytest.raises(InputError, match="different data files"):
-        train(r, toy / "neg.npy", toy / "pos.npy", out, show_progress=False, resume=True)
+        train(r, toy / "neg.npy", toy / "pos.npy", out, resume=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -274,16 +274,16 @@ def test_cli_train_eznet(toy, tmp_path, cli):
 
 def test_init_starts_from_an_earlier_runs_weights(toy, tmp_path, cli):
     """--init: a later stage starts from another run's weights, and the provenance says which."""
-    a = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "a", show_progress=False,
+    a = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "a",
               sets={"epochs": 2})  # fmt: skip
     # zero learning rate: the weights stay those of --init (BatchNorm running stats aside)
-    b = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "b", show_progress=False,
+    b = train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "b",
               sets={"epochs": 1, "optimizer.lr": 1e-12, "optimizer.weight_decay": 0.0}, init=a.model_path)
     sa, sb = _state(a.model_path), _state(b.model_path)
     learned = [k for k in sa if "running" not in k and "num_batches" not in k]
     assert learned and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in learned)
     fresh = _state(train(toy / "tiny_eznet.toml", toy / "pos.npy", toy / "neg.npy", tmp_path / "c",
-                         show_progress=False, sets={"epochs": 1, "optimizer.lr": 1e-12}).model_path)  # fmt: skip
+                         sets={"epochs": 1, "optimizer.lr": 1e-12}).model_path)  # fmt: skip
     assert not all(torch.allclose(sa[k], fresh[k], atol=1e-6) for k in learned)
     init = load_checkpoint(b.model_path)[1]["provenance"]["init"]
     assert init["sha256"].startswith("sha256:") and init["epochs"] == 2 and init["recipe_name"] == "tiny-eznet"
@@ -327,7 +327,7 @@ def test_shipped_recipes_run_when_shrunk(toy, tmp_path):
     """The seed's recipes themselves (not copies) run end to end with --set shrinking them."""
     sets = {"epochs": 1, "model.table": [{"kernels": 4, "kernel": 3, "size": 4}], "model.size": 16,
             "data.batch_positives": 16}  # fmt: skip
-    res = train("eznet", toy / "pos.npy", toy / "neg.npy", tmp_path / "ez", show_progress=False, sets=sets)
+    res = train("eznet", toy / "pos.npy", toy / "neg.npy", tmp_path / "ez", sets=sets)
     assert len(res.history) == 1 and load_recipe("eznet").phases[0]["epochs"] == 250
     assert res.history[0]["lr"] == 0.1
     # LensFlow exactly as Table 2.1 on 1×100×100 cutouts, all four phases, one epoch each
@@ -335,7 +335,7 @@ def test_shipped_recipes_run_when_shrunk(toy, tmp_path):
     np.save(tmp_path / "p100.npy", pos)
     np.save(tmp_path / "n100.npy", neg)
     sets = {"epochs": 1, "phase.pretrain.generic_size": 12, "data.batch_positives": 8, "data.template_images": 8}
-    res = train("lensflow", tmp_path / "p100.npy", tmp_path / "n100.npy", tmp_path / "lf", show_progress=False,
+    res = train("lensflow", tmp_path / "p100.npy", tmp_path / "n100.npy", tmp_path / "lf",
                 sets=sets)  # fmt: skip
     assert [r["phase"] for r in res.history] == ["pretrain", "coarse", "fine", "search"]
     model, info = load_checkpoint(res.model_path)
@@ -367,6 +367,6 @@ def test_tiny_recipe_separates_lenscrafter_lenses_from_non_lenses(tmp_path):
         "[data]\ntest_fraction = 0.25\nbatch_positives = 16\n[optimizer]\nlr = 0.05\n"
         '[schedule]\nmilestones = [6]\n[early_stop]\npatience = 0\n[[phase]]\nname = "main"\nepochs = 8\n'
     )
-    res = train(recipe, tmp_path / "lenses.npy", tmp_path / "negatives.npy", tmp_path / "out", show_progress=False)
+    res = train(recipe, tmp_path / "lenses.npy", tmp_path / "negatives.npy", tmp_path / "out")
     assert res.heldout["n_positives"] == 100 and res.heldout["n_negatives"] == 100
     assert res.heldout["ranking_performance"] >= 0.9, res.history

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from deepmine.inference.atomic import atomic_path
-from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.errors import InputError, file_error, first_line
 
 FORMAT = "deepmine-checkpoint"
 FORMAT_VERSION = 1
@@ -145,7 +145,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     try:
         model.load_state_dict(data["state_dict"])
     except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)[:200]
         raise file_error(p, f"weights do not fit the {data['architecture']} architecture ({first})") from None
     model.deepmine_config = data["deepmine_config"]
     model.to(map_location).eval()

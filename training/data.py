@@ -25,61 +25,25 @@ draws exactly what the uninterrupted run drew.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.formats import STACK_SUFFIXES, open_stack
 from deepmine.inference.metadata import file_sha256
 from deepmine.inference.preprocess import prepare_batch
 
-SUFFIXES = (".npy", ".fits", ".fit", ".fits.gz", ".fz")
+SUFFIXES = STACK_SUFFIXES
 
 
 def open_cutouts(path: str | os.PathLike, what: str = "cutouts") -> np.ndarray:
-    """Open a stack of cutouts as an N×C×H×W array (memory-mapped where possible).
-
-    Parameters
-    ----------
-    path : .npy or FITS file
-    what : str
-        What the file holds, for error messages (e.g. ``"--positives"``).
-    """
-    p = Path(path)
-    if not p.exists():
-        raise file_error(p, f"{what} file not found")
-    if p.is_dir():
-        raise file_error(p, f"{what}: expected a .npy or FITS file, got a directory")
-    name = p.name.lower()
-    if name.endswith(".npy"):
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise file_error(p, f"{what}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
-    elif name.endswith((".fits", ".fit", ".fits.gz", ".fz")):
-        from astropy.io import fits
-
-        try:
-            with fits.open(p, memmap=True) as hdul:
-                hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image), None)
-                if hdu is None:
-                    raise file_error(p, f"{what}: no image data in any HDU")
-                arr = hdu.data
-        except OSError as exc:
-            raise file_error(p, f"{what}: not a readable FITS file ({str(exc).splitlines()[0]})") from None
-    else:
-        raise file_error(p, f"{what}: unknown format; expected one of {', '.join(SUFFIXES)}")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    if arr.ndim != 4:
-        raise file_error(p, f"{what}: expected N×C×H×W (or N×H×W) cutouts, got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise file_error(p, f"{what}: holds no cutouts")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise file_error(p, f"{what}: expected numeric pixels, got dtype {arr.dtype}")
-    return arr
+    """Open a stack of cutouts as an N×C×H×W array (memory-mapped where possible); any number
+    of bands. :func:`deepmine.inference.formats.open_stack` with ``what`` (e.g.
+    ``"--positives"``) naming the option in the messages."""
+    return open_stack(path, f"{what} file", channels=None)
 
 
 def describe_file(path: str | os.PathLike, arr: np.ndarray) -> dict:

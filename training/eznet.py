@@ -47,7 +47,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.errors import InputError, file_error, first_line
+from deepmine.inference.formats import HSC_BANDS
 
 from .registry import register_model
 
@@ -160,7 +161,7 @@ def read_block_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dic
         try:
             table = Table.read(p, format="ascii.ecsv")
         except Exception as exc:  # noqa: BLE001 - astropy raises many types for bad files
-            raise file_error(p, f"not a readable ECSV table ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise file_error(p, f"not a readable ECSV table ({first_line(exc)})") from None
         rows = []
         for rec in table:
             row = {}
@@ -276,7 +277,7 @@ class EZnet(nn.Module):
         hidden = _int_field({"hidden": pick("hidden", hidden, 64)}, "hidden", "eznet")
         bands = pick("bands", bands, None)
         if bands is None:
-            bands = ["i", "r", "g"] if in_channels == 3 else (["i"] if in_channels == 1 else [f"b{i}" for i in range(in_channels)])
+            bands = list(HSC_BANDS) if in_channels == 3 else (["i"] if in_channels == 1 else [f"b{i}" for i in range(in_channels)])
         bands = [str(b) for b in bands]
         if len(bands) != in_channels:
             raise InputError(f"eznet: {len(bands)} band names for {in_channels} input channels")

@@ -69,20 +69,21 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
-import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from deepmine.inference.atomic import atomic_open, atomic_path
 from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.progress import stage
 
-__all__ = ["GAN_DEFAULTS", "GanRecipe", "GanResult", "load_gan_recipe", "train_gan", "sample_grid", "gan_command",
+__all__ = ["GAN_DEFAULTS", "GanRecipe", "GanResult", "load_gan_recipe", "train_gan", "sample_grid",
            "augmentation_ablation"]
 
 #: Every recipe key and its default; unknown keys are refused.
@@ -493,7 +494,7 @@ def train_gan(
     *,
     resume: bool = False,
     device: str = "cpu",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable | None = None,
     log: Callable[[str], None] | None = None,
 ) -> GanResult:
     """Train the GAN and write its samples (see the module docstring for the output folder).
@@ -505,7 +506,8 @@ def train_gan(
     out_dir : output folder (created); must be empty or absent unless ``resume``
     resume : continue from ``out_dir/checkpoint.pt`` (same recipe and data required)
     device : torch device ("cpu", "cuda")
-    progress : ``progress(description, done, total)`` after every step
+    progress : a :class:`deepmine.inference.progress.Progress`: one stage (``"GAN"``) counting
+        training steps, whose note names the phase and cycle
     log : ``log(message)`` for one line per epoch and per cycle
     """
     import torch
@@ -563,9 +565,8 @@ def train_gan(
     pos_rows = np.arange(len(pos))
     pos_all = pos.take(pos_rows)
     if pos_all.dtype != np.uint8:
-        from deepmine.inference.preprocess import prepare_batch
-
         from deepmine.inference.generate import to_uint8
+        from deepmine.inference.preprocess import prepare_batch
 
         pos_all = to_uint8(prepare_batch(pos_all, spec))
 
@@ -620,6 +621,9 @@ def train_gan(
     steps_cyc = cyc["epochs"] * _n_batches(len(pos_rows), batch, d["images_per_epoch"])
     total_steps = steps_pre + cyc["count"] * steps_cyc
     done_steps = sum(int(h["steps"]) for h in history)
+    advance = stage(progress, "GAN", total_steps)
+    if done_steps:
+        advance(done_steps)
 
     def run_epoch(phase: str, cycle: int, epoch: int, source, rows) -> None:
         nonlocal done_steps
@@ -636,8 +640,7 @@ def train_gan(
                 sums[key] += r[key]
             k += 1
             done_steps += 1
-            if progress is not None:
-                progress(f"{phase} {cycle}/{cyc['count']}" if cycle else phase, done_steps, total_steps)
+            advance(1, f"{phase} {cycle}/{cyc['count']}" if cycle else phase)
         row = {"phase": phase, "cycle": cycle, "epoch": epoch, **{key: v / max(k, 1) for key, v in sums.items()},
                "steps": k, "images": k * batch, "seconds": round(time.time() - te, 3)}
         history.append(row)
@@ -713,51 +716,6 @@ def train_gan(
 
 
 # ------------------------------------------------------------------------------------------
-# command line (`deepmine train gan`)
-# ------------------------------------------------------------------------------------------
-def gan_command(
-    config: str,
-    positives: list[Path],
-    negatives: list[Path],
-    out: Path,
-    resume: bool = False,
-    device: str = "cpu",
-    sets: list[str] | None = None,
-) -> GanResult:
-    """``deepmine train gan CONFIG --positives P --negatives N --out DIR [--resume] [--set K=V]``.
-
-    Called by the typer command :func:`deepmine.inference.cli.train_gan_cmd.gan`; prints one line
-    per epoch and cycle and a progress bar.
-    """
-    from deepmine.inference.cli.common import err_console, out_console, progress as make_progress
-
-    from .recipe import parse_set
-
-    recipe = load_gan_recipe(config, dict(parse_set(t) for t in (sets or [])))
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"--device: expected cpu or cuda, got {device!r}")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: torch sees no CUDA device; use --device cpu")
-    with make_progress() as prog:
-        tid = prog.add_task("GAN", total=None, rate="")
-
-        def progress(desc: str, done: int, total: int) -> None:
-            prog.update(tid, description=desc, completed=done, total=total)
-
-        result = train_gan(recipe, positives, negatives, out, resume=resume, device=device, progress=progress,
-                           log=lambda m: err_console.print(m, highlight=False))
-    ov = result.overall
-    out_console.print(f"wrote {ov['n']} augmented lenses to {result.augmented}")
-    out_console.print(f"generator {result.generator} (export: deepmine export {result.generator} --out GEN.onnx)")
-    out_console.print(f"mean pairwise distance {ov['mean_pairwise']:.4f} (positives {ov['train_mean_pairwise']:.4f}); "
-                      f"nearest-positive median {ov['nn_train_median']:.4f}; memorised {100 * ov['memorised_fraction']:.1f} %")
-    return result
-
-
-# ------------------------------------------------------------------------------------------
 # ablation: does GAN augmentation help the classifier?
 # ------------------------------------------------------------------------------------------
 #: Classifier used by :func:`augmentation_ablation` unless told otherwise: a 6-block EZnet
@@ -814,11 +772,11 @@ def augmentation_ablation(positives, negatives, augmented, test_positives, test_
             arm_sets = dict(settings, seed=int(seed), **{"phase.main.extra_positives": extra is not None})
             t = time.time()
             res = train(recipe, positives, negatives, out / f"{arm.replace('+', '_')}_seed{seed}",
-                        extra_positives=extra, device=device, sets=arm_sets, show_progress=False)
+                        extra_positives=extra, device=device, sets=arm_sets)
             model = res.model.eval()
             spec = model.deepmine_config["preprocessing"]
 
-            def logits(arr):
+            def logits(arr, model=model, spec=spec):
                 parts = []
                 with torch.no_grad():
                     for i in range(0, len(arr), 256):

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from deepmine.inference.errors import InputError
+from deepmine.inference.formats import HSC_BANDS
 
 from .registry import register_model
 
@@ -106,7 +107,7 @@ class LensGenerator(nn.Module):
         if output not in OUTPUT_ACTIVATIONS:
             raise InputError(f"lensgenerator: output must be one of {sorted(OUTPUT_ACTIVATIONS)}, got {output!r}")
         if bands is None:
-            bands = ["i", "r", "g"] if channels == 3 else [f"b{i}" for i in range(channels)]
+            bands = list(HSC_BANDS) if channels == 3 else [f"b{i}" for i in range(channels)]
         bands = [str(b) for b in bands]
         if len(bands) != channels:
             raise InputError(f"lensgenerator: {len(bands)} band names for {channels} channels")
@@ -117,7 +118,7 @@ class LensGenerator(nn.Module):
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         ]
-        for i in range(n_up - 1):
+        for _ in range(n_up - 1):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
                        nn.ReLU(inplace=True)]
             width //= 2

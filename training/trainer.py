@@ -35,9 +35,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ import torch
 from deepmine.inference.atomic import atomic_open, check_writable
 from deepmine.inference.errors import DeepmineError, InputError, file_error
 from deepmine.inference.preprocess import histogram_template, percentile_normalization
+from deepmine.inference.progress import stage
 from deepmine.inference.ranking import ranking_performance
 
 from . import data as D
@@ -139,7 +140,7 @@ class Trainer:
     """One training run (see :func:`train`)."""
 
     def __init__(self, recipe: Recipe, positives, negatives, out_dir, *, extra_positives=None,
-                 extra_negatives=None, device="cpu", amp=False, show_progress=True,
+                 extra_negatives=None, device="cpu", amp=False, progress=None,
                  on_epoch_end: Callable[[dict], None] | None = None, init=None):  # fmt: skip
         self.recipe = recipe
         self.init = Path(init) if init is not None else None
@@ -150,7 +151,7 @@ class Trainer:
         if amp and self.device.type != "cuda":
             raise InputError("--amp: automatic mixed precision needs a CUDA device (--device cuda)")
         self.amp = bool(amp)
-        self.show_progress = show_progress
+        self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.files = {
             "positives": _paths(positives),
@@ -422,106 +423,106 @@ class Trainer:
             start_phase, start_epoch = start_phase + 1, 0
         global_epoch = ts["epoch"] if ts else 0
 
-        with self._progress() as prog:
-            for pi in range(start_phase, len(recipe.phases)):
-                phase = recipe.phases[pi]
-                resuming_here = ts is not None and pi == ts["phase_index"] and not ts.get("phase_finished")
-                saved_pd = ts.get("phase_data") if resuming_here else None
-                if phase["reset_head"] and not resuming_here:
-                    torch.manual_seed(hash_seed(self.seed, pi, -1))
-                    for mod in _head_modules(model):
-                        if hasattr(mod, "reset_parameters"):
-                            mod.reset_parameters()
-                pdata = self._phase_data(pi, phase, model, saved_pd)
-                d = phase["data"]
-                sampler = D.NegativeLearningSampler(
-                    pdata["pos_src"], pdata["neg_src"], pdata["pos_train"], pdata["neg_train"], spec,
-                    batch_positives=d["batch_positives"], negatives_per_positive=d["negatives_per_positive"],
-                    positives_per_epoch=d["positives_per_epoch"], symmetries=d["symmetries"], crop=d["crop"],
-                )  # fmt: skip
-                optimizer = self._optimizer(model, phase)
-                scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                    optimizer, milestones=phase["schedule"]["milestones"], gamma=phase["schedule"]["gamma"]
+        for pi in range(start_phase, len(recipe.phases)):
+            phase = recipe.phases[pi]
+            resuming_here = ts is not None and pi == ts["phase_index"] and not ts.get("phase_finished")
+            saved_pd = ts.get("phase_data") if resuming_here else None
+            if phase["reset_head"] and not resuming_here:
+                torch.manual_seed(hash_seed(self.seed, pi, -1))
+                for mod in _head_modules(model):
+                    if hasattr(mod, "reset_parameters"):
+                        mod.reset_parameters()
+            pdata = self._phase_data(pi, phase, model, saved_pd)
+            d = phase["data"]
+            sampler = D.NegativeLearningSampler(
+                pdata["pos_src"], pdata["neg_src"], pdata["pos_train"], pdata["neg_train"], spec,
+                batch_positives=d["batch_positives"], negatives_per_positive=d["negatives_per_positive"],
+                positives_per_epoch=d["positives_per_epoch"], symmetries=d["symmetries"], crop=d["crop"],
+            )  # fmt: skip
+            optimizer = self._optimizer(model, phase)
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=phase["schedule"]["milestones"], gamma=phase["schedule"]["gamma"]
+            )
+            scaler = torch.amp.GradScaler("cuda") if self.amp else None
+            es = phase["early_stop"]
+            higher = es["metric"] != "test_loss"
+            stop_state = {"best": None, "best_epoch": 0, "bad_epochs": 0}
+            best_sd = None
+            first_epoch = 0
+            if resuming_here:
+                optimizer.load_state_dict(ts["optimizer"])
+                scheduler.load_state_dict(ts["scheduler"])
+                if scaler is not None and ts.get("scaler"):
+                    scaler.load_state_dict(ts["scaler"])
+                stop_state = dict(ts["early_stop"])
+                best_sd = ts.get("best_state_dict")
+                first_epoch = start_epoch
+                _restore_rng(ts.get("rng"))
+            advance = stage(self.progress, phase["name"], len(sampler) * phase["epochs"])
+            if first_epoch:
+                advance(len(sampler) * first_epoch)
+            finished = False
+            for e in range(first_epoch, phase["epochs"]):
+                torch.manual_seed(hash_seed(self.seed, pi, e))
+                rng = np.random.default_rng(_epoch_seed(self.seed, pi, e))
+                lr = optimizer.param_groups[-1]["lr"]
+                (tr_loss, tr_acc, tr_rp), secs, dsecs = self._train_epoch(
+                    model, sampler, optimizer, scaler, rng, advance
                 )
-                scaler = torch.amp.GradScaler("cuda") if self.amp else None
-                es = phase["early_stop"]
-                higher = es["metric"] != "test_loss"
-                stop_state = {"best": None, "best_epoch": 0, "bad_epochs": 0}
-                best_sd = None
-                first_epoch = 0
-                if resuming_here:
-                    optimizer.load_state_dict(ts["optimizer"])
-                    scheduler.load_state_dict(ts["scheduler"])
-                    if scaler is not None and ts.get("scaler"):
-                        scaler.load_state_dict(ts["scaler"])
-                    stop_state = dict(ts["early_stop"])
-                    best_sd = ts.get("best_state_dict")
-                    first_epoch = start_epoch
-                    _restore_rng(ts.get("rng"))
-                task = prog.add_task(f"{phase['name']}", total=len(sampler) * phase["epochs"], rate="")
-                prog.update(task, advance=len(sampler) * first_epoch)
-                finished = False
-                for e in range(first_epoch, phase["epochs"]):
-                    torch.manual_seed(hash_seed(self.seed, pi, e))
-                    rng = np.random.default_rng(_epoch_seed(self.seed, pi, e))
-                    lr = optimizer.param_groups[-1]["lr"]
-                    (tr_loss, tr_acc, tr_rp), secs, dsecs = self._train_epoch(
-                        model, sampler, optimizer, scaler, rng, lambda k: prog.update(task, advance=k)
-                    )
-                    scheduler.step()
-                    te_loss, te_acc, te_rp = self._evaluate(model, pdata, spec, d["eval_batch_size"])
-                    global_epoch += 1
-                    row = {
-                        "phase": phase["name"], "phase_epoch": e + 1, "epoch": global_epoch, "lr": lr,
-                        "train_loss": tr_loss, "train_accuracy": tr_acc, "train_rp": tr_rp,
-                        "test_loss": te_loss, "test_accuracy": te_acc, "test_rp": te_rp,
-                        "n_train": int(len(pdata["pos_train"]) + len(pdata["neg_train"])),
-                        "seconds": round(secs, 4), "data_seconds": round(dsecs, 4),
+                scheduler.step()
+                te_loss, te_acc, te_rp = self._evaluate(model, pdata, spec, d["eval_batch_size"])
+                global_epoch += 1
+                row = {
+                    "phase": phase["name"], "phase_epoch": e + 1, "epoch": global_epoch, "lr": lr,
+                    "train_loss": tr_loss, "train_accuracy": tr_acc, "train_rp": tr_rp,
+                    "test_loss": te_loss, "test_accuracy": te_acc, "test_rp": te_rp,
+                    "n_train": int(len(pdata["pos_train"]) + len(pdata["neg_train"])),
+                    "seconds": round(secs, 4), "data_seconds": round(dsecs, 4),
+                }  # fmt: skip
+                history.append(row)
+                advance(0, f"test RP {te_rp:.3f}" if not math.isnan(te_rp) else "")
+                # early stopping on the held-out metric
+                value = {"test_rp": te_rp, "test_loss": te_loss, "test_accuracy": te_acc}[es["metric"]]
+                if not math.isnan(value):
+                    best = stop_state["best"]
+                    improved = best is None or (value > best + es["min_delta"] if higher else value < best - es["min_delta"])
+                    if improved:
+                        stop_state = {"best": value, "best_epoch": e + 1, "bad_epochs": 0}
+                        if es["restore_best"]:
+                            best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    else:
+                        stop_state["bad_epochs"] += 1
+                last = e + 1 == phase["epochs"]
+                if es["patience"] and stop_state["bad_epochs"] >= es["patience"]:
+                    last = True
+                if last:
+                    finished = True
+                    if es["restore_best"] and best_sd is not None:
+                        model.load_state_dict(best_sd)
+                    phases_done.append({
+                        "name": phase["name"], "epochs": e + 1, "best_epoch": stop_state["best_epoch"],
+                        "best": stop_state["best"], "metric": es["metric"],
+                        "stopped_early": e + 1 < phase["epochs"],
+                    })  # fmt: skip
+                self._write_history(history)
+                if last or (e + 1) % recipe.settings["checkpoint_every"] == 0:
+                    tstate = {
+                        "phase_index": pi, "phase_epoch": e + 1, "epoch": global_epoch, "phase_finished": finished,
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "rng": _rng_state(), "history": history, "early_stop": stop_state,
+                        "best_state_dict": None if finished else best_sd, "phase_data": pdata["saved"],
+                        "phases_done": phases_done,
                     }  # fmt: skip
-                    history.append(row)
-                    prog.update(task, rate=f"test RP {te_rp:.3f}" if not math.isnan(te_rp) else "")
-                    # early stopping on the held-out metric
-                    value = {"test_rp": te_rp, "test_loss": te_loss, "test_accuracy": te_acc}[es["metric"]]
-                    if not math.isnan(value):
-                        best = stop_state["best"]
-                        improved = best is None or (value > best + es["min_delta"] if higher else value < best - es["min_delta"])
-                        if improved:
-                            stop_state = {"best": value, "best_epoch": e + 1, "bad_epochs": 0}
-                            if es["restore_best"]:
-                                best_sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                        else:
-                            stop_state["bad_epochs"] += 1
-                    last = e + 1 == phase["epochs"]
-                    if es["patience"] and stop_state["bad_epochs"] >= es["patience"]:
-                        last = True
-                    if last:
-                        finished = True
-                        if es["restore_best"] and best_sd is not None:
-                            model.load_state_dict(best_sd)
-                        phases_done.append({
-                            "name": phase["name"], "epochs": e + 1, "best_epoch": stop_state["best_epoch"],
-                            "best": stop_state["best"], "metric": es["metric"],
-                            "stopped_early": e + 1 < phase["epochs"],
-                        })  # fmt: skip
-                    self._write_history(history)
-                    if last or (e + 1) % recipe.settings["checkpoint_every"] == 0:
-                        tstate = {
-                            "phase_index": pi, "phase_epoch": e + 1, "epoch": global_epoch, "phase_finished": finished,
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "scaler": scaler.state_dict() if scaler is not None else None,
-                            "rng": _rng_state(), "history": history, "early_stop": stop_state,
-                            "best_state_dict": None if finished else best_sd, "phase_data": pdata["saved"],
-                            "phases_done": phases_done,
-                        }  # fmt: skip
-                        latest = {"ranking_performance": te_rp, "loss": te_loss, "accuracy": te_acc,
-                                  "epoch": global_epoch, "phase": phase["name"]}  # fmt: skip
-                        save_checkpoint(self.out / CHECKPOINT, model, self._provenance(global_epoch, phases_done, latest), tstate)
-                    if self.on_epoch_end is not None:
-                        self.on_epoch_end(dict(row))
-                    if finished:
-                        break
-                save_checkpoint(self.out / f"phase-{phase['name']}.pt", model, self._provenance(global_epoch, phases_done, None))
-                self._last_pdata = pdata
+                    latest = {"ranking_performance": te_rp, "loss": te_loss, "accuracy": te_acc,
+                              "epoch": global_epoch, "phase": phase["name"]}  # fmt: skip
+                    save_checkpoint(self.out / CHECKPOINT, model, self._provenance(global_epoch, phases_done, latest), tstate)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(dict(row))
+                if finished:
+                    break
+            save_checkpoint(self.out / f"phase-{phase['name']}.pt", model, self._provenance(global_epoch, phases_done, None))
+            self._last_pdata = pdata
 
         # held-out figures of the final model (on the final phase's test set)
         pdata = getattr(self, "_last_pdata", None)
@@ -542,13 +543,6 @@ class Trainer:
             plot_path = plot_curves(history, self.out / "curves.png", title=f"{recipe.name}: {model.deepmine_config['architecture']}")
         model.eval()
         return TrainResult(self.out, model_path, self.out / CHECKPOINT, history, heldout, model, plot_path)
-
-    def _progress(self):
-        if not self.show_progress:
-            return _NullProgress()
-        from deepmine.inference.cli.common import progress
-
-        return progress()
 
     def _provenance(self, epochs: int, phases_done: list, heldout: dict | None) -> dict:
         import deepmine.inference as inf
@@ -624,20 +618,6 @@ def _head_modules(model):
     return list(model.head.modules()) if hasattr(model, "head") else list(model.classifier.modules())
 
 
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
-
-
 def hash_seed(seed: int, phase: int, epoch: int) -> int:
     """A torch seed for (seed, phase, epoch): 63 bits from NumPy's SeedSequence."""
     words = np.random.SeedSequence([int(seed), int(phase) + 1, int(epoch) + 1, 7]).generate_state(1, np.uint64)
@@ -657,7 +637,7 @@ def _restore_rng(state: dict | None) -> None:
 
 def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, extra_positives=None,
           extra_negatives=None, resume: bool = False, device: str = "cpu", amp: bool = False, plot: bool = False,
-          seed: int | None = None, sets: dict | None = None, show_progress: bool = True,
+          seed: int | None = None, sets: dict | None = None, progress=None,
           on_epoch_end: Callable[[dict], None] | None = None, init=None) -> TrainResult:  # fmt: skip
     """Train a model as ``recipe`` says; write checkpoints, history and the final model.
 
@@ -680,6 +660,8 @@ def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, 
         Overrides the recipe's seed.
     sets : dict, optional
         Dotted-key recipe overrides (see :func:`deepmine.training.recipe.load_recipe`).
+    progress : :class:`deepmine.inference.progress.Progress`, optional
+        One stage per phase, in minibatches; the note shows the held-out RP after each epoch.
     on_epoch_end : callable, optional
         Called with each history row after the epoch's checkpoint is written.
     init : path, optional
@@ -701,7 +683,7 @@ def train(recipe: Recipe | str | os.PathLike, positives, negatives, out_dir, *, 
         if sets:
             raise InputError("train: give sets together with a recipe path, not a loaded Recipe")
     trainer = Trainer(recipe, positives, negatives, out_dir, extra_positives=extra_positives,
-                      extra_negatives=extra_negatives, device=device, amp=amp, show_progress=show_progress,
+                      extra_negatives=extra_negatives, device=device, amp=amp, progress=progress,
                       on_epoch_end=on_epoch_end, init=init)  # fmt: skip
     return trainer.run(resume=resume, plot=plot)
 

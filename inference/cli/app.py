@@ -1,7 +1,10 @@
 """The ``deepmine`` command: one typer app, one error path for every command.
 
-Commands live in sibling modules, each exposing ``register(app)``; the app registers every
-module listed in :data:`COMMAND_MODULES` that exists. Errors meant for the user
+Each package owns its commands: a module ``<package>/cli/<name>_cmd.py`` exposing
+``register(app)``. The app finds them through :data:`COMMANDS`, a table of module *names*
+(strings, not imports: ``deepmine.inference`` imports no other deepmine package), resolved when
+the app is built. Command modules import their heavy dependencies (torch, onnx, LensCrafter's
+kernels) inside the command functions, so ``deepmine --help`` stays fast and torch-free. Errors meant for the user
 (:class:`~deepmine.inference.errors.DeepmineError`, click usage errors, unreadable files) are
 printed as one line ``deepmine <command>: error: <message>`` with a non-zero exit and no
 traceback; ``--debug`` (or ``DEEPMINE_DEBUG=1``) shows the traceback instead.
@@ -18,6 +21,7 @@ import typer
 from .. import __version__
 from ..errors import DeepmineError
 
+
 def _click_exceptions():
     """Click's exception classes as typer raises them (recent typer vendors click as
     ``typer._click``; older ones use click itself)."""
@@ -29,10 +33,20 @@ def _click_exceptions():
 
 ClickException, ClickExit, ClickAbort = _click_exceptions()
 
-COMMAND_MODULES = (
-    "demo", "craft", "scan", "rank", "selection", "inspect", "train", "export",
-    "generate", "info", "bench",
-)  # fmt: skip
+#: command name → the module that registers it (in ``deepmine --help`` order).
+COMMANDS = {
+    "demo": "deepmine.lenscrafter.cli.demo_cmd",
+    "craft": "deepmine.lenscrafter.cli.craft_cmd",
+    "scan": "deepmine.inference.cli.scan_cmd",
+    "rank": "deepmine.inference.cli.rank_cmd",
+    "selection": "deepmine.lenscrafter.cli.selection_cmd",
+    "inspect": "deepmine.inference.cli.inspect_cmd",
+    "train": "deepmine.training.cli.train_cmd",
+    "export": "deepmine.export.cli.export_cmd",
+    "generate": "deepmine.inference.cli.generate_cmd",
+    "info": "deepmine.inference.cli.info_cmd",
+    "bench": "deepmine.inference.cli.bench_cmd",
+}
 
 app = typer.Typer(
     name="deepmine",
@@ -42,7 +56,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -66,8 +80,7 @@ def _root(
 
 
 def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        modname = f"{__package__}.{name}_cmd"
+    for modname in COMMANDS.values():
         try:
             module = importlib.import_module(modname)
         except ModuleNotFoundError as exc:

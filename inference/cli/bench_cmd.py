@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
@@ -11,7 +11,7 @@ from .common import out_console
 
 
 def bench(
-    models: Optional[List[Path]] = typer.Argument(
+    models: Optional[list[Path]] = typer.Argument(
         None, help="Exported .onnx classifiers to time (default: the bundled model).", show_default=False
     ),
     n: int = typer.Option(2048, "--n", min=1, help="Cutouts per timed pass."),
@@ -38,7 +38,7 @@ def bench(
         for r in results:
             print(json.dumps(r))
         return
-    table = Table(title="scan rate (cutouts per second, best of %d)" % repeats)
+    table = Table(title=f"scan rate (cutouts per second, best of {repeats})")
     for col in ("model", "arch", "precision", "provider", "threads", "batch", "model only", "end to end", "ratio"):
         table.add_column(col, justify="right" if col not in ("model", "arch", "provider") else "left",
                          no_wrap=col == "model")

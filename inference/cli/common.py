@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -45,15 +46,32 @@ def progress(transient: bool = False) -> Progress:
 
 
 @contextlib.contextmanager
+def progress_bar(transient: bool = False) -> Iterator:
+    """``with progress_bar() as p: library_function(..., progress=p)`` — the command line's
+    implementation of :class:`deepmine.inference.progress.Progress`: every stage the library
+    opens becomes one bar, with the rate (units/s) or the stage's note beside it."""
+    with progress(transient) as prog:
+
+        def open_stage(description: str, total: int | None):
+            tid = prog.add_task(description, total=total, rate="")
+            t0 = time.perf_counter()
+            done = [0]
+
+            def advance(k: int = 1, note: str = "") -> None:
+                done[0] += k
+                rate = note or f"{done[0] / max(time.perf_counter() - t0, 1e-9):,.0f}/s"
+                prog.update(tid, advance=k, rate=rate)
+
+            return advance
+
+        yield open_stage
+
+
+@contextlib.contextmanager
 def task(description: str, total: int | None) -> Iterator:
     """``with task("crafting", n) as advance: advance(k)`` — a one-bar progress context."""
-    with progress() as prog:
-        tid = prog.add_task(description, total=total, rate="")
-
-        def advance(k: int = 1, rate: str = "") -> None:
-            prog.update(tid, advance=k, rate=rate)
-
-        yield advance
+    with progress_bar() as open_stage:
+        yield open_stage(description, total)
 
 
 def existing_file(path: Path, what: str = "file") -> Path:

@@ -10,7 +10,7 @@ import difflib
 import getpass
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typer.core import TyperGroup
@@ -34,7 +34,7 @@ class _ServeByDefault(TyperGroup):
 inspect_app = typer.Typer(
     cls=_ServeByDefault,
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Grade the top candidates of a scan in a browser, and export the graded ones for "
     "retraining (seed 2.5, 4.7).\n\n`deepmine inspect CATALOG` is short for "
@@ -53,7 +53,7 @@ def _default_grader() -> str:
 def serve(
     catalog: Path = typer.Argument(..., help="Scan catalogue (FITS/ECSV/Parquet) with id, source, index, logit.",
                                    show_default=False),
-    cutouts: Optional[List[Path]] = typer.Option(
+    cutouts: Optional[list[Path]] = typer.Option(
         None, "--cutouts", help="Cutout stacks (.npy / FITS, N×3×H×W) the rows point at; repeat for several "
         "(default: the files named in the source column, beside the catalogue).", show_default=False),
     top: str = typer.Option("0.005", "--top", help="Candidates to show, largest logit first: a count, or a "
@@ -100,16 +100,16 @@ def serve(
 
 @inspect_app.command("export")
 def export(
-    grades: List[Path] = typer.Argument(..., help="Grades file(s) written by 'deepmine inspect' (several "
+    grades: list[Path] = typer.Argument(..., help="Grades file(s) written by 'deepmine inspect' (several "
                                         "graders' files of one catalogue are combined).", show_default=False),
     negatives: Optional[Path] = typer.Option(None, "--negatives", help="Write graded false positives (N, X) "
                                              "here as an N×3×H×W .npy stack.", show_default=False),
     lenses: Optional[Path] = typer.Option(None, "--lenses", help="Write graded lenses (A, B; C with "
                                           "--include-c) here as an N×3×H×W .npy stack.", show_default=False),
-    cutouts: Optional[List[Path]] = typer.Option(
+    cutouts: Optional[list[Path]] = typer.Option(
         None, "--cutouts", help="Cutout stacks the catalogue rows point at (default: found from the source "
         "column, beside the catalogue).", show_default=False),
-    grader: Optional[List[str]] = typer.Option(None, "--grader", help="Use only this grader's grades (repeat "
+    grader: Optional[list[str]] = typer.Option(None, "--grader", help="Use only this grader's grades (repeat "
                                                "for several).", show_default=False),
     include_c: bool = typer.Option(False, "--include-c", help="Count C (possible lens) as a lens; otherwise it "
                                    "is neither a lens nor a negative."),

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from ..cluster import CLUSTER_HELP, CLUSTER_OPT_HELP, WORKERS_HELP, cli_cluster
-from .common import err_console, parse_fraction_or_count
+from .cluster_options import CLUSTER_HELP, CLUSTER_OPT_HELP, WORKERS_HELP, cli_cluster
+from .common import err_console, parse_fraction_or_count, progress_bar
 
 
 def scan(
-    inputs: List[Path] = typer.Argument(
+    inputs: list[Path] = typer.Argument(
         ..., help="Cutouts: .npy stacks, FITS cubes (N×C×H×W or N×H×W), directories of FITS cutouts; or, with "
         "--catalog / --tile, one survey image per model band (in the model's band order).", show_default=False,
     ),
@@ -44,7 +44,7 @@ def scan(
                                           "[default: fits,ecsv + parquet when pyarrow is installed]."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
-    cluster_opt: Optional[List[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
+    cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
 ) -> None:
     """Scan survey cutouts with an exported classifier; write a ranked catalogue (and a mosaic).
 
@@ -52,28 +52,28 @@ def scan(
     fit are refused. Work is sharded: an interrupted scan continues with --resume.
     """
     from ..catalog import parse_formats
-    from ..mosaic import STRETCHES
     from ..errors import InputError
+    from ..mosaic import STRETCHES
     from ..scanner import scan as run_scan
 
     top_value = parse_fraction_or_count(top, "--top") if top is not None else None
     if stretch not in STRETCHES:
         raise InputError(f"--stretch: expected one of {', '.join(STRETCHES)}, got {stretch!r}")
-    import os
 
     run = cli_cluster(cluster, workers, threads, cluster_opt, model=model, device=device)
-    result = run_scan(
-        [str(p) for p in inputs], model, out, batch_size=batch_size, threads=run.threads, device=device,
-        shard_size=shard_size, resume=resume, reference=reference, top=top_value, mosaic=mosaic,
-        keep_going=keep_going, progress=not os.environ.get("DEEPMINE_NO_PROGRESS"),
-        formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
-        y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
-    )
+    with progress_bar() as bar:
+        result = run_scan(
+            [str(p) for p in inputs], model, out, batch_size=batch_size, threads=run.threads, device=device,
+            shard_size=shard_size, resume=resume, reference=reference, top=top_value, mosaic=mosaic,
+            keep_going=keep_going, progress=bar,
+            formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
+            y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
+        )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
         + (f"; resumed {result.n_resumed} of {result.n_shards} shards" if result.n_resumed else "")
     )
-    for fmt, path in result.catalogs.items():
+    for path in result.catalogs.values():
         err_console.print(f"wrote catalogue  {path}")
     if result.top is not None:
         err_console.print(f"wrote top        {result.top} ({result.n_top} candidates)")
@@ -81,7 +81,7 @@ def scan(
         err_console.print(f"wrote mosaic     {result.mosaic}")
     if result.skipped:
         err_console.print(f"skipped {len(result.skipped)} unreadable file(s):")
-        for path, reason in result.skipped:
+        for _path, reason in result.skipped:
             err_console.print(f"  {reason}", markup=False)
 
 

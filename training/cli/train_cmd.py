@@ -3,18 +3,17 @@
 The sub-commands are thin: options are parsed here, the work is
 :func:`deepmine.training.trainer.train`. torch is imported inside the command, so
 ``deepmine --help`` stays torch-free and a torch-less install says what to install.
-``deepmine train gan`` comes from ``train_gan_cmd.py`` (``register_train(train_app)``), see
-:func:`_register_extensions`.
+``deepmine train gan`` comes from ``train_gan_cmd.py`` (``register_train(train_app)``).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from ..errors import InputError
-from .common import err_console, existing_file, out_console
+from deepmine.inference.cli.common import err_console, existing_file, out_console, progress_bar
+from deepmine.inference.errors import InputError
 
 train_app = typer.Typer(
     help="Train a classifier (LensFlow, EZnet) or the LensGenerator GAN with a recipe; needs `pip install 'deepmine[train]'`.",
@@ -30,21 +29,21 @@ CONFIG_HELP = (
 def _run(
     architecture: str,
     config: str,
-    positives: List[Path],
-    negatives: List[Path],
+    positives: list[Path],
+    negatives: list[Path],
     out: Path,
     resume: bool,
     device: str,
     amp: bool,
     plot: bool,
-    extra_negatives: List[Path],
-    extra_positives: List[Path],
+    extra_negatives: list[Path],
+    extra_positives: list[Path],
     seed: Optional[int],
-    sets: List[str],
+    sets: list[str],
     as_json: bool,
     init: Optional[Path] = None,
 ) -> None:
-    from ..errors import require
+    from deepmine.inference.errors import require
 
     require("torch", "train")
     from deepmine.training.recipe import load_recipe, parse_set
@@ -64,12 +63,13 @@ def _run(
     if not as_json:
         phases = ", ".join(f"{p['name']} ({p['epochs']} epochs)" for p in recipe.phases)
         err_console.print(f"training {architecture} with recipe {recipe.name!r}: {phases} → {out}")
-    result = train(
-        recipe, [str(p) for p in positives], [str(p) for p in negatives], out,
-        extra_positives=[str(p) for p in extra_positives] or None,
-        extra_negatives=[str(p) for p in extra_negatives] or None,
-        resume=resume, device=device, amp=amp, plot=plot, init=init,
-    )  # fmt: skip
+    with progress_bar() as bar:
+        result = train(
+            recipe, [str(p) for p in positives], [str(p) for p in negatives], out,
+            extra_positives=[str(p) for p in extra_positives] or None,
+            extra_negatives=[str(p) for p in extra_negatives] or None,
+            resume=resume, device=device, amp=amp, plot=plot, init=init, progress=bar,
+        )  # fmt: skip
     summary = {
         "model": str(result.model_path),
         "checkpoint": str(result.checkpoint_path),
@@ -101,11 +101,11 @@ def _run(
 def _command(architecture: str):
     def command(
         config: str = typer.Argument(..., help=CONFIG_HELP, show_default=False),
-        positives: List[Path] = typer.Option(
+        positives: list[Path] = typer.Option(
             ..., "--positives", "-p", help="Positive cutouts (.npy or FITS, N×C×H×W; uint8 or float). Repeatable.",
             show_default=False,
         ),
-        negatives: List[Path] = typer.Option(
+        negatives: list[Path] = typer.Option(
             ..., "--negatives", "-n", help="Negative pool cutouts, same formats. Repeatable.", show_default=False
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, history.csv, model.pt).",
@@ -118,16 +118,16 @@ def _command(architecture: str):
         device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
         amp: bool = typer.Option(False, "--amp", help="Automatic mixed precision (CUDA only)."),
         plot: bool = typer.Option(False, "--plot", help="Write curves.png: loss, accuracy and RP per epoch."),
-        extra_negatives: List[Path] = typer.Option(
+        extra_negatives: list[Path] = typer.Option(
             [], "--extra-negatives", help="Inspected false positives, added as negatives by phases that ask "
             "for them (LensFlow phases 2-3). Repeatable.",
         ),
-        extra_positives: List[Path] = typer.Option(
+        extra_positives: list[Path] = typer.Option(
             [], "--extra-positives", help="Tracers added as positives by phases that ask for them (LensFlow "
             "phase 3). Repeatable.",
         ),
         seed: Optional[int] = typer.Option(None, "--seed", help="Override the recipe's seed."),
-        sets: List[str] = typer.Option(
+        sets: list[str] = typer.Option(
             [], "--set", help="Override a recipe value: KEY=VALUE with dotted keys, e.g. optimizer.lr=0.01, "
             "epochs=5 (every phase), phase.coarse.epochs=3. Repeatable.",
         ),
@@ -149,25 +149,9 @@ for _name in ("lensflow", "eznet"):
     train_app.command(_name)(_command(_name))
 
 
-def _register_extensions() -> None:
-    """Sub-commands of ``deepmine train`` that live in other modules: a module
-    ``deepmine.inference.cli.train_<name>_cmd`` exposing ``register_train(train_app)`` (e.g.
-    ``train_gan_cmd`` adds ``deepmine train gan``). Missing modules are skipped."""
-    import importlib
+from .train_gan_cmd import register_train as _register_gan  # noqa: E402 - after the group exists
 
-    for name in EXTENSIONS:
-        modname = f"{__package__}.train_{name}_cmd"
-        try:
-            module = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name == modname:
-                continue
-            raise
-        module.register_train(train_app)
-
-
-EXTENSIONS = ("gan",)
-_register_extensions()
+_register_gan(train_app)
 
 
 def register(app: typer.Typer) -> None:

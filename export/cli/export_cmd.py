@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, file_error, require
-from .common import err_console, existing_file, out_console
+from deepmine.inference.cli.common import err_console, existing_file, out_console
+from deepmine.inference.errors import InputError, file_error, first_line, require
 
 
 def _load_npy(path: Path, what: str):
@@ -19,7 +19,7 @@ def _load_npy(path: Path, what: str):
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise file_error(path, f"not a readable .npy {what} ({first})") from None
 
 
@@ -68,7 +68,7 @@ def export(
     if level not in ("basic", "extended"):
         raise InputError(f"--level: expected basic or extended, got {level!r}")
     existing_file(checkpoint, "checkpoint")
-    from ..atomic import check_writable
+    from deepmine.inference.atomic import check_writable
 
     check_writable(out)
     cal = _load_npy(calibration, "calibration cutouts") if calibration is not None else None
@@ -76,8 +76,7 @@ def export(
     lab = _load_npy(labels, "labels") if labels is not None else None
 
     from deepmine.export import ExportWarning, export_checkpoint
-
-    from ..metadata import read_metadata
+    from deepmine.inference.metadata import read_metadata
 
     def log(message: str) -> None:
         err_console.print(f"[dim]{message}…[/dim]")

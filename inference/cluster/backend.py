@@ -1,232 +1,18 @@
-"""Distributed scans and selection functions on Dask (the ``[cluster]`` extra).
-
-The unit of distributed work is the same plain, picklable function a local run uses —
-:func:`deepmine.inference.shards.run_shard` for a scan, :func:`deepmine.lenscrafter.selection.run_cells`
-for a selection function — mapped over shards with :meth:`Backend.map`::
-
-    with connect("local", workers=2) as backend:            # or "tcp://HOST:PORT", "slurm"
-        parts = backend.map(functools.partial(run_shard, model, out_dir=out,
-                                              threads=backend.threads_per_worker),
-                            shards, weights=[s.n for s in shards], progress=True)
-
-    parts = map_shards(fn, shards, cluster="local", workers=2)   # the same, in one call
-
-Nothing here imports Dask at module level: a run without ``--cluster`` never imports it.
-
-Clusters (``--cluster``)
-------------------------
-``local``
-    An embedded :class:`distributed.LocalCluster` of worker *processes* (each behind a nanny
-    that restarts it if it dies). Every worker runs one task at a time (Dask ``nthreads=1``)
-    and gives ``threads_per_worker`` cores to that task (onnxruntime intra-op threads, Numba
-    and OpenMP through the environment), so ``workers × threads_per_worker`` never exceeds
-    the usable cores unless asked to. Defaults follow Dask's own split of the cores
-    (:func:`distributed.deploy.local.nprocesses_nthreads`: up to 4 cores one single-thread
-    worker per core, beyond that about √cores workers of √cores threads).
-``tcp://HOST:PORT`` (any Dask scheme), or a scheduler file ``*.json``
-    Attach to a running scheduler. ``--workers N`` waits for at least N workers.
-    ``threads_per_worker`` defaults to the cores of the busiest host divided by the task
-    slots (Dask threads) its workers offer; start workers with ``--nthreads 1`` for that to
-    be every core of a worker.
-``slurm`` / ``pbs``
-    dask-jobqueue submits ``--workers`` batch jobs of one single-task worker each, booking
-    ``threads_per_worker`` CPUs per job. Queue, account, walltime, memory, ... come from
-    ``cluster_options`` (``--cluster-opt KEY=VALUE``) or the ``jobqueue.slurm`` section of
-    the Dask configuration.
-
-Shared filesystem
------------------
-Inputs are referenced, not shipped: a shard names its files and object range, and the
-worker opens them; results come back as part files written beside the others in the output
-folder, and only their paths travel. Every worker must therefore see the model, the inputs
-and the output folder under the same paths (one machine, NFS, Lustre, GPFS, ...).
-
-Faults
-------
-If a worker dies (killed, out of memory, node lost) the scheduler reruns its shards on
-other workers; a shard that kills ``allowed_failures`` workers in a row stops the run with
-one line naming it. An unexpected exception inside a shard is retried ``retries`` times;
-a :class:`~deepmine.inference.errors.DeepmineError` (bad input) is not retried but reported
-at once. Shard functions write their part file and completion marker atomically, so a
-shard run twice (a worker lost after finishing) writes the same part once, and ``--resume``
-after an interrupted cluster run redoes only the shards without a marker.
-"""
+"""The Dask backend: start or attach to a cluster, map picklable shard functions over it
+with retries and worker-loss handling (see :mod:`deepmine.inference.cluster`)."""
 from __future__ import annotations
 
 import contextlib
 import functools
 import hashlib
-import os
 import sys
-import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from .errors import DeepmineError, InputError, require
-
-__all__ = [
-    "ClusterSpec",
-    "Backend",
-    "parse_cluster",
-    "parse_cluster_options",
-    "connect",
-    "map_shards",
-    "usable_cores",
-    "ModelSessionPlugin",
-    "ClusterRun",
-    "cli_cluster",
-    "CLUSTER_HELP",
-    "WORKERS_HELP",
-    "CLUSTER_OPT_HELP",
-]
-
-BATCH_KINDS = ("slurm", "pbs")
-SCHEMES = ("tcp://", "tls://", "ws://", "wss://", "ucx://", "inproc://")
-#: How many workers one task may kill before the run stops (Dask's ``allowed-failures``).
-ALLOWED_FAILURES = 3
-#: Retries of a task that raised an unexpected exception (not a DeepmineError).
-DEFAULT_RETRIES = 2
-
-CLUSTER_HELP = (
-    "Run on Dask: `local` (an embedded cluster of worker processes), a scheduler address "
-    "`tcp://HOST:PORT` (or a scheduler file .json), or `slurm`/`pbs` (dask-jobqueue). Needs "
-    "`deepmine[cluster]` and a filesystem every worker sees. Default: this process only."
-)
-WORKERS_HELP = ("With --cluster: worker processes (local), batch jobs (slurm/pbs), or workers to wait "
-                "for (address). Default (local): Dask's split of the cores.")
-CLUSTER_OPT_HELP = ("With --cluster slurm/pbs: a dask-jobqueue setting KEY=VALUE (queue, account, walltime, "
-                    "memory, job_extra_directives, ...); repeatable.")
-
-#: jobqueue settings given as KEY=VALUE that are lists (values separated by ';').
-_LIST_OPTIONS = ("job_extra_directives", "job_script_prologue", "worker_extra_args", "job_directives_skip")
-#: jobqueue settings this module sets itself.
-_RESERVED_OPTIONS = ("cores", "processes", "job_cpu", "python")
-
-
-# --------------------------------------------------------------------------------------
-# what to connect to (validated without importing Dask)
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ClusterSpec:
-    """A parsed ``--cluster`` value.
-
-    Attributes
-    ----------
-    kind : ``"local"``, ``"address"``, ``"scheduler_file"``, ``"slurm"`` or ``"pbs"``
-    target : the address or scheduler file (None otherwise)
-    workers : worker processes / batch jobs / workers to wait for (None: default)
-    threads_per_worker : cores per worker (None: default)
-    options : dask-jobqueue settings for ``slurm``/``pbs``
-    """
-
-    kind: str
-    target: str | None = None
-    workers: int | None = None
-    threads_per_worker: int | None = None
-    options: dict = field(default_factory=dict)
-
-
-def _positive(value, option: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{option}: expected a whole number, got {value!r}") from None
-    if v < 1 or (isinstance(value, float) and value != v):
-        raise InputError(f"{option}: must be a whole number of at least 1, got {value!r}")
-    return v
-
-
-def parse_cluster_options(pairs: Iterable[str] | dict | None) -> dict:
-    """``["queue=gpu", "walltime=02:00:00"]`` → ``{"queue": "gpu", "walltime": "02:00:00"}``.
-
-    Values that look like integers become ints; the list settings
-    (``job_extra_directives``, ``job_script_prologue``, ``worker_extra_args``) split on ``;``.
-    """
-    if pairs is None:
-        return {}
-    if isinstance(pairs, dict):
-        items = list(pairs.items())
-    else:
-        items = []
-        for text in pairs:
-            key, sep, value = str(text).partition("=")
-            key = key.strip().replace("-", "_")
-            if not sep or not key:
-                raise InputError(f"--cluster-opt: expected KEY=VALUE, got {text!r}")
-            items.append((key, value.strip()))
-    out: dict[str, Any] = {}
-    for key, value in items:
-        if key in _RESERVED_OPTIONS:
-            raise InputError(f"--cluster-opt: {key} is set from --threads/--workers; do not give it")
-        if key in _LIST_OPTIONS and isinstance(value, str):
-            value = [v.strip() for v in value.split(";") if v.strip()]
-        elif isinstance(value, str) and value.lstrip("-").isdigit():
-            value = int(value)
-        out[key] = value
-    return out
-
-
-def parse_cluster(
-    cluster: str,
-    *,
-    workers: int | None = None,
-    threads_per_worker: int | None = None,
-    options: Iterable[str] | dict | None = None,
-) -> ClusterSpec:
-    """Check a ``--cluster`` value and its companions; raise a one-line InputError if bad."""
-    text = str(cluster).strip()
-    workers = _positive(workers, "--workers")
-    threads_per_worker = _positive(threads_per_worker, "--threads")
-    opts = parse_cluster_options(options)
-    low = text.lower()
-    if low == "local":
-        kind, target = "local", None
-    elif low in BATCH_KINDS:
-        kind, target = low, None
-    elif low.startswith(SCHEMES):
-        rest = text.split("://", 1)[1]
-        if not rest or (low.startswith(("tcp://", "tls://")) and ":" not in rest):
-            raise InputError(f"--cluster: scheduler address {text!r} lacks a port; give tcp://HOST:PORT")
-        kind, target = "address", text
-    elif low.endswith(".json"):
-        if not Path(text).is_file():
-            raise InputError(f"--cluster: scheduler file {text!r} not found (start the scheduler with "
-                             "`dask scheduler --scheduler-file FILE` on a shared filesystem)")
-        kind, target = "scheduler_file", text
-    else:
-        raise InputError(
-            f"--cluster: expected local, slurm, pbs, a scheduler address tcp://HOST:PORT or a scheduler "
-            f"file .json, got {text!r}"
-        )
-    if opts and kind not in BATCH_KINDS:
-        raise InputError(f"--cluster-opt: only used with --cluster slurm or pbs, not {text!r}")
-    return ClusterSpec(kind, target, workers, threads_per_worker, opts)
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, e.g. a Slurm allocation)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - macOS/Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def local_layout(workers: int | None, threads_per_worker: int | None, cores: int | None = None) -> tuple[int, int]:
-    """(workers, threads per worker) of a LocalCluster: fill in what is missing from the cores."""
-    from distributed.deploy.local import nprocesses_nthreads
-
-    cores = usable_cores() if cores is None else int(cores)
-    if workers is None and threads_per_worker is None:
-        return nprocesses_nthreads(cores)
-    if workers is None:
-        return max(1, cores // threads_per_worker), threads_per_worker
-    if threads_per_worker is None:
-        return workers, max(1, cores // workers)
-    return workers, threads_per_worker
+from ..errors import DeepmineError, InputError, require
+from .spec import ALLOWED_FAILURES, BATCH_KINDS, DEFAULT_RETRIES, ClusterSpec, local_layout, parse_cluster, usable_cores
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -257,12 +43,12 @@ class ModelSessionPlugin:
         self.name = f"deepmine-model-{Path(str(model_path)).name}-{tag}-{device}-{threads}"
 
     def setup(self, worker=None):
-        from .model import get_model
+        from ..model import get_model
 
         get_model(self.model_path, self.device, self.threads)
 
     def teardown(self, worker=None):
-        from . import model
+        from .. import model
 
         with model._CACHE_LOCK:
             model._CACHE.clear()
@@ -375,8 +161,7 @@ class Backend:
         items: Sequence,
         *,
         weights: Sequence[int] | None = None,
-        progress: bool | Callable[[int], None] | None = None,
-        description: str = "shards",
+        progress: Callable[[int], None] | None = None,
         retries: int = DEFAULT_RETRIES,
         errors: str = "raise",
     ) -> Iterator[tuple[int, Any]]:
@@ -387,8 +172,7 @@ class Backend:
         fn : picklable function of one item (e.g. ``functools.partial(run_shard, model, ...)``)
         items : picklable work descriptions (shards: file references, never pixels)
         weights : progress units of each item (e.g. objects per shard; default 1 each)
-        progress : True for a rich progress bar, a callable ``advance(units)``, or None
-        description : the progress bar's label
+        progress : ``advance(units)`` (:class:`deepmine.inference.progress.Advance`) or None
         retries : reruns of an item after an unexpected exception (a worker's death is
             handled separately: its items move to other workers)
         errors : ``"raise"``: stop at the first failed item; ``"return"``: yield
@@ -419,30 +203,30 @@ class Backend:
         guarded = _Guarded(fn)
         futures = self.client.map(guarded, items, key=keys, pure=False, retries=int(retries))
         index = {f.key: i for i, f in enumerate(futures)}
-        with _progress(progress, description, sum(w), self) as advance:
-            try:
-                done = as_completed(futures, loop=self.client.loop, with_results=True, raise_errors=False)
-                for batch in done.batches():
-                    for fut, value in batch:
-                        i = index[fut.key]
-                        if fut.status == "error":
-                            value = fut.exception()
-                            if not isinstance(value, KilledWorker):
-                                raise value
-                            value = _Failed(DeepmineError(
-                                f"cluster: {_label(items[i])} killed {ALLOWED_FAILURES} workers in a row (out "
-                                "of memory? see the worker logs); finished parts are kept: rerun with --resume"))
-                        if isinstance(value, _Failed):
-                            if errors == "raise":
-                                raise value.exc
-                            value = value.exc
-                        fut.release()
-                        advance(w[i])
-                        yield i, value
-            finally:
-                pending = [f for f in futures if not f.done()]
-                if pending:
-                    self.client.cancel(pending)
+        advance = progress or (lambda k: None)
+        try:
+            done = as_completed(futures, loop=self.client.loop, with_results=True, raise_errors=False)
+            for batch in done.batches():
+                for fut, value in batch:
+                    i = index[fut.key]
+                    if fut.status == "error":
+                        value = fut.exception()
+                        if not isinstance(value, KilledWorker):
+                            raise value
+                        value = _Failed(DeepmineError(
+                            f"cluster: {_label(items[i])} killed {ALLOWED_FAILURES} workers in a row (out "
+                            "of memory? see the worker logs); finished parts are kept: rerun with --resume"))
+                    if isinstance(value, _Failed):
+                        if errors == "raise":
+                            raise value.exc
+                        value = value.exc
+                    fut.release()
+                    advance(w[i])
+                    yield i, value
+        finally:
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                self.client.cancel(pending)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence, **kwargs) -> list:
         """:meth:`imap_unordered`, collected in the order of ``items``."""
@@ -467,7 +251,7 @@ class Backend:
     def map_parts(self, fn: Callable, items: Sequence) -> Iterator:
         """``map_parts(fn, items)`` hook of :func:`deepmine.lenscrafter.selection.selection_function`:
         results as they finish (the caller counts progress itself)."""
-        for _, value in self.imap_unordered(fn, items, progress=None, description="parts"):
+        for _, value in self.imap_unordered(fn, items, progress=None):
             yield value
 
     def close(self) -> None:
@@ -483,28 +267,6 @@ def _with_threads(fn: Callable, threads: int) -> Callable:
     if isinstance(fn, functools.partial) and "threads" in fn.keywords and fn.keywords["threads"] is None:
         return functools.partial(fn.func, *fn.args, **{**fn.keywords, "threads": int(threads)})
     return fn
-
-
-@contextlib.contextmanager
-def _progress(progress, description: str, total: int, backend: Backend):
-    if progress is None or progress is False:
-        yield lambda k: None
-    elif callable(progress):
-        yield progress
-    else:
-        from .cli.common import progress as make_progress
-
-        t0 = time.perf_counter()
-        done = [0]
-        with make_progress() as bar:
-            tid = bar.add_task(f"{description} on {backend.n_workers} workers", total=total, rate="")
-
-            def advance(k: int) -> None:
-                done[0] += k
-                rate = done[0] / max(time.perf_counter() - t0, 1e-9)
-                bar.update(tid, advance=k, rate=f"{rate:,.0f}/s")
-
-            yield advance
 
 
 def _dashboard(client) -> str | None:
@@ -682,7 +444,7 @@ def map_shards(
     threads_per_worker: int | None = None,
     options: Iterable[str] | dict | None = None,
     weights: Sequence[int] | None = None,
-    progress: bool | Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     retries: int = DEFAULT_RETRIES,
     log: Callable[[str], None] | None = _default_log,
 ) -> list:
@@ -694,100 +456,3 @@ def map_shards(
     """
     with connect(cluster, workers=workers, threads_per_worker=threads_per_worker, options=options, log=log) as be:
         return be.map(fn, items, weights=weights, progress=progress, retries=retries)
-
-
-# --------------------------------------------------------------------------------------
-# command-line glue (``deepmine scan`` and ``deepmine selection``)
-# --------------------------------------------------------------------------------------
-class ClusterRun:
-    """What a command needs from ``--cluster``: the threads each task may use, and the hooks.
-
-    Without a cluster: ``threads`` is the command's own ``--threads``; ``executor`` and
-    ``map_parts`` are None (run here), and Dask is never imported.
-    """
-
-    def __init__(self, threads: int | None, backend: Backend | None = None, stack: contextlib.ExitStack | None = None):
-        self.threads = threads
-        self.backend = backend
-        self._stack = stack
-
-    @property
-    def executor(self) -> Callable | None:
-        """``executor`` for :func:`deepmine.inference.scanner.scan` (None without a cluster)."""
-        return None if self.backend is None else self.backend.executor
-
-    @property
-    def map_parts(self) -> Callable | None:
-        """``map_parts`` for :func:`deepmine.lenscrafter.selection.selection_function`."""
-        return None if self.backend is None else self.backend.map_parts
-
-    def close(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
-
-    def __enter__(self) -> "ClusterRun":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _click_context():
-    """The running (typer-vendored or plain) click context, or None."""
-    import importlib
-
-    import typer
-
-    base = next(c for c in typer.Context.__mro__ if c.__name__ == "Context" and c.__module__ != "typer.models")
-    try:
-        glob = importlib.import_module(base.__module__.rsplit(".", 1)[0] + ".globals")
-        return glob.get_current_context(silent=True)
-    except (ImportError, AttributeError):  # pragma: no cover - a click without globals
-        return None
-
-
-def cli_cluster(
-    cluster: str | None,
-    workers: int | None = None,
-    threads: int | None = None,
-    options: Iterable[str] | None = None,
-    *,
-    model=None,
-    device: str = "auto",
-    log: Callable[[str], None] | None = None,
-) -> ClusterRun:
-    """Open the cluster a command's ``--cluster/--workers/--threads/--cluster-opt`` ask for.
-
-    Returns a :class:`ClusterRun`; inside a command the cluster is closed when the command
-    ends (the click context's close callbacks), otherwise call ``close()`` or use ``with``.
-    With ``model`` given, every worker opens the model's session when it starts (and the
-    command stops at once, with a clear line, if a worker cannot read the file: every worker
-    must see the same paths).
-    """
-    if cluster is None:
-        if workers is not None:
-            raise InputError("--workers: only used with --cluster (local, an address, slurm or pbs)")
-        if options:
-            raise InputError("--cluster-opt: only used with --cluster slurm or pbs")
-        return ClusterRun(threads)
-    spec = parse_cluster(cluster, workers=workers, threads_per_worker=threads, options=options)
-    if log is None:
-        from .cli.common import err_console
-
-        def log(message: str) -> None:
-            err_console.print(message, markup=False, highlight=False)
-
-    stack = contextlib.ExitStack()
-    try:
-        backend = stack.enter_context(connect(spec, log=log))
-        if model is not None:
-            backend.preload_model(model, device)
-    except BaseException:
-        stack.close()
-        raise
-    run = ClusterRun(backend.threads_per_worker, backend, stack)
-    ctx = _click_context()
-    if ctx is not None:
-        ctx.call_on_close(run.close)
-    return run

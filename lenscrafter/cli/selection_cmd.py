@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from ..errors import InputError
-from ..cluster import CLUSTER_HELP, CLUSTER_OPT_HELP, WORKERS_HELP, cli_cluster
-from .common import err_console, existing_file, out_console, task
+from deepmine.inference.cli.cluster_options import CLUSTER_HELP, CLUSTER_OPT_HELP, WORKERS_HELP, cli_cluster
+from deepmine.inference.cli.common import err_console, existing_file, out_console, task
+from deepmine.inference.errors import InputError
 
 
 def selection(
@@ -48,9 +48,9 @@ def selection(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
-    cluster_opt: Optional[List[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
+    cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
 ) -> None:
-    """Measure a model's **selection function** (seed 3.1.1, Figure 3.3): for every cell of a grid
+    """Measure a model's selection function (seed 3.1.1, Figure 3.3): for every cell of a grid
     of lens parameters, craft lenses with LensCrafter, scan them, and count the fraction whose
     ordinality against a reference pool of negatives (scored by the same model) exceeds the cut.
 
@@ -133,7 +133,7 @@ def selection(
         def progress(k: int) -> None:
             done[0] += k
             rate = done[0] * n_cell / max(time.perf_counter() - t1, 1e-9)
-            advance(k, rate=f"{rate:,.0f} lenses/s")
+            advance(k, f"{rate:,.0f} lenses/s")
 
         sel = selection_function(
             model_path, g, pool=pool, per_cell=n_cell, seed=seed, cut=cut, workdir=work, resume=resume,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import err_console, out_console
+from deepmine.inference.cli.common import err_console, out_console, progress_bar
 
 
 def demo(
@@ -31,8 +31,9 @@ def demo(
 
     if model is None:
         err_console.print("using the bundled model (pass --model to use your own)")
-    r = run_demo(out, n_negatives=negatives, n_lenses=lenses, seed=seed, model=model, threads=threads,
-                 selection=not no_selection)
+    with progress_bar() as bar:
+        r = run_demo(out, n_negatives=negatives, n_lenses=lenses, seed=seed, model=model, threads=threads,
+                     selection=not no_selection, progress=bar)
     if as_json:
         print(json.dumps(r, default=str))
         return

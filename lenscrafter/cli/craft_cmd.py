@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, file_error
-from .common import err_console, existing_file, task
+from deepmine.inference.cli.common import err_console, existing_file, task
+from deepmine.inference.errors import InputError, file_error
 
 CHUNK = 2048
 
@@ -116,9 +116,6 @@ def craft(
     with atomic_path(out) as tmp:
         stack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(total, 3, size, size))
         with task("crafting negatives" if negatives else "crafting lenses", total) as advance:
-            import time
-
-            t0 = time.perf_counter()
             for a in range(0, total, CHUNK):
                 b = min(a + CHUNK, total)
                 if negatives:
@@ -128,7 +125,7 @@ def craft(
                 else:
                     imgs = craft_lenses(table[a:b], seed=seed, output=dtype, index_offset=a, field=field, **common)
                 stack[a:b] = imgs
-                advance(b - a, rate=f"{b / max(time.perf_counter() - t0, 1e-9):,.0f}/s")
+                advance(b - a)
         stack.flush()
         del stack
     if negatives:

@@ -1,0 +1,1 @@
+"""``deepmine export``, found by the app in deepmine.inference.cli.app."""

@@ -1,0 +1,117 @@
+"""File formats and data conventions, written down once: suffixes, band order, cutout stacks.
+
+Every module that decides what a file is by its name asks here (as astropy's
+``io/fits/connect.py`` keeps one list of FITS suffixes):
+
+- :data:`FITS_SUFFIXES`, :func:`is_fits`, :func:`strip_suffix` (``cat.fits.gz`` → ``cat``);
+- :data:`STACK_SUFFIXES` and :func:`open_stack`: a stack of cutouts (``.npy`` or a FITS cube),
+  memory-mapped, as N×C×H×W — the one reader used by training data, the grading page and
+  ``deepmine generate``'s checks (the scanner's streaming readers in :mod:`.readers` use the
+  same suffixes and dtype rules);
+- :data:`HSC_BANDS`: the channel order of 3-band cutouts (seed 4.1: bands i, r, g → R, G, B).
+
+>>> is_fits("tile.fits.fz"), is_fits("cat.ecsv")
+(True, False)
+>>> strip_suffix("run/cat.fits.gz").name
+'cat'
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import file_error, first_line
+
+__all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "strip_suffix", "load_npy",
+           "open_stack"]
+
+#: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
+HSC_BANDS = ("i", "r", "g")
+#: Names a FITS file may end with (compressed forms included), longest first.
+FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
+#: Cutout stacks: NumPy arrays or FITS cubes.
+STACK_SUFFIXES = (".npy", *FITS_SUFFIXES)
+#: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV.
+TABLE_SUFFIXES = (*FITS_SUFFIXES, ".ecsv", ".parquet", ".csv")
+
+
+def is_fits(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s name ends with a FITS suffix (case-insensitive)."""
+    return Path(path).name.lower().endswith(FITS_SUFFIXES)
+
+
+def strip_suffix(path: str | os.PathLike, suffixes=(*TABLE_SUFFIXES, ".npy")) -> Path:
+    """``path`` without its known (possibly double) suffix; unknown suffixes are kept."""
+    p = Path(path)
+    name = p.name.lower()
+    for s in sorted(suffixes, key=len, reverse=True):
+        if name.endswith(s) and len(name) > len(s):
+            return p.with_name(p.name[: -len(s)])
+    return p
+
+
+def load_npy(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a ``.npy`` file (no pickles), refusing text or corrupt files in one line."""
+    p = Path(path)
+    with open(p, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise file_error(p, "not a readable .npy array (no NumPy header; a text or corrupt file?)")
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise file_error(p, f"not a readable .npy array ({first_line(exc)})") from None
+
+
+def open_stack(path: str | os.PathLike, what: str = "cutout stack", channels=(1, 3)) -> np.ndarray:
+    """Memory-map a stack of cutouts and return it as N×C×H×W (N×H×W becomes N×1×H×W).
+
+    Parameters
+    ----------
+    path : ``.npy`` file or FITS cube (first 3-D or 4-D image HDU)
+    what : what the file is, in the "not found" / "is empty" messages (e.g. ``"--positives file"``)
+    channels : accepted numbers of bands per cutout (None: any)
+
+    Raises
+    ------
+    InputError
+        Missing, empty or corrupt file; unknown suffix; an array that is not 3-D or 4-D, holds
+        no cutouts, has another number of bands, or is not numeric. The message names the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise file_error(p, f"expected a .npy or FITS {what}, got a directory")
+    if not p.is_file():
+        raise file_error(p, f"{what} not found")
+    if p.stat().st_size == 0:
+        raise file_error(p, f"{what} is empty")
+    if p.name.lower().endswith(".npy"):
+        arr = load_npy(p)
+    elif is_fits(p):
+        from astropy.io import fits
+
+        try:
+            hdul = fits.open(p, memmap=True)
+            hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
+                        and h.data.ndim in (3, 4)), None)
+        except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
+            raise file_error(p, f"not a readable FITS cube ({first_line(exc)})") from None
+        if hdu is None:
+            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
+        arr = hdu.data
+    else:
+        raise file_error(p, f"unknown {what} format; expected one of {', '.join(STACK_SUFFIXES)}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise file_error(p, f"expected N×C×H×W (or N×H×W) cutouts, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise file_error(p, "holds no cutouts")
+    if channels is not None and arr.shape[1] not in channels:
+        want = " or ".join(f"{k} bands ({', '.join(HSC_BANDS)})" if k == 3 else f"{k} band" + "s" * (k != 1)
+                           for k in sorted(channels, reverse=True))
+        raise file_error(p, f"expected {want} per cutout, got {arr.shape[1]} (shape {arr.shape})")
+    if arr.dtype.kind not in "uif":
+        raise file_error(p, f"expected numeric pixels, got dtype {arr.dtype}")
+    return arr
