@@ -251,6 +251,21 @@ def test_shipped_recipes_hold_the_seed_values():
     assert lf.phases[1]["data"]["batch_positives"] == 64 and lf.phases[1]["data"]["crop"] == 90
 
 
+LENSCRAFTER_RECIPES = ("eznet", "lensflow", "demo", "demo-anneal")
+
+
+@pytest.mark.parametrize("name", LENSCRAFTER_RECIPES)
+def test_lenscrafter_recipes_shift_and_document_their_offsets(name):
+    """Every recipe that trains on LensCrafter data shifts its images (issue 17) in every phase
+    and names the whole-lens offset σ its data should be crafted with."""
+    from deepmine.training.recipe import builtin_recipe_path
+
+    r = load_recipe(name)
+    assert all(p["data"]["shift"] > 0 for p in r.phases)
+    text = builtin_recipe_path(name).read_text()
+    assert "shift" in text and "offset_lenses" in text and "σ = 0.2″" in text
+
+
 def test_shift_is_a_recipe_setting():
     assert load_recipe("eznet", {"data.shift": 0}).phases[0]["data"]["shift"] == 0
     with pytest.raises(InputError, match="shift"):
