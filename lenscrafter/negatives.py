@@ -15,9 +15,15 @@ what a survey scan meets. Kinds (:data:`NEGATIVE_KINDS`):
 ``artefact``    a galaxy with cosmic rays (sharp, one band), a satellite trail, or a
                 saturated star with bleed trails
 
-Every scene also gets a Poisson(1.2) number of faint field galaxies (m_g 22–26.5) anywhere in
-the cutout. Scene i is drawn from ``numpy.random.default_rng([seed, i, 0x4E47])`` and its
-noise from the kernel stream ``(seed, i)``: reproducible, independent of threads and chunks.
+Every scene also gets the field population of :mod:`.field` (galaxies from published i-band
+counts to i = 26 with published sizes and colours — mostly faint blue galaxies — and stars with
+spikes and saturation), exactly as around the crafted lenses, so that neighbours do not tell
+the classes apart. Early types (the main galaxy of ``elliptical``, ``ring`` and ``blend``) have
+the red-sequence colours and the size–luminosity relation of the lens galaxies of
+:func:`~deepmine.lenscrafter.params.sample_lens_params` (:func:`.field.early_type`).
+Scene i is drawn from ``numpy.random.default_rng([seed, i, 0x4E47])``, its field from
+``default_rng([seed, i, field.FIELD_SALT + 1])`` and its noise from the kernel stream
+``(seed, i)``: reproducible, independent of threads and chunks.
 """
 from __future__ import annotations
 
@@ -27,21 +33,20 @@ from astropy.table import Table
 from deepmine.inference.errors import InputError
 
 from . import kernels
+from .field import FIELD_SALT, I_MAX, add_field, apply_saturation, early_type, flux_ratios, red_colour, saturate, star_rows
 from .pipeline import PIXEL_SCALE, ZERO_POINT
 from .profiles import magnitude_to_flux, sersic_amp_from_flux
-from .synth import finish, observation, render
+from .synth import field_scale, finish, observation, render
 
 NEGATIVE_KINDS = ("elliptical", "disc", "spiral", "ring", "field", "star", "blend", "artefact")
 
-_RED = (20.5, 5.5)  # i/g, r/g flux ratios of an early type (Figure 4.2 foreground)
 _SEED_SALT = 0x4E47
 
 
 def _colour(rng, kind: str) -> tuple[float, float]:
     """(i/g, r/g) flux ratios: red early types, blue star-forming, or in between."""
     if kind == "red":
-        s = 10 ** rng.normal(0, 0.12)
-        return _RED[0] * s, _RED[1] * 10 ** rng.normal(0, 0.08)
+        return red_colour(rng)
     if kind == "blue":
         gi = rng.uniform(0.2, 1.2)
         return 10 ** (0.4 * gi), 10 ** (0.4 * gi * rng.uniform(0.5, 0.7))
@@ -90,7 +95,16 @@ class _Scene:
         return row
 
     def star(self, x, y, m_g, colour):
-        return self._row(kernels.POINT, x, y, 0.0, 1.0, 1.0, 0.0, m_g, colour)
+        """A star (:func:`.field.star_rows`: diffraction spikes when brighter than i = 19)."""
+        self.rows.extend(star_rows(x, y, m_g, colour[0], colour[1], self.ps, self.zp, self.rng.uniform(0.0, 90.0)))
+
+    def early_type(self, x, y, m_g, n, e, phi, main=False):
+        """A red-sequence galaxy with the colours and size of the lens galaxies (:func:`.field.early_type`)."""
+        et = early_type(self.rng, m_g)
+        rr, ri = flux_ratios(et["g_r"][0], et["r_i"][0])
+        r_eff = float(et["r_eff"][0])
+        self.sersic(x, y, r_eff, n, e, phi, m_g, (float(ri), float(rr)), main)
+        return r_eff
 
     def trail(self, x, y, phi, width, sb_peak, bands):
         row = np.zeros(kernels.NF)
@@ -123,11 +137,6 @@ class _Scene:
             if main:
                 self.main = {"m_g_main": m_g, "r_eff_main": r, "n_main": 1.0, "e_main": 0.0}
 
-    def field(self, mean=1.2):
-        for _ in range(self.rng.poisson(mean)):
-            x, y = self.anywhere()
-            self.galaxy(x, y, self.rng.uniform(22.0, 26.5))
-
 
 def _centre(rng, spread=0.3):
     return rng.normal(0.0, spread, 2)
@@ -137,8 +146,8 @@ def _build(kind: str, sc: _Scene) -> None:  # noqa: C901 - one branch per kind, 
     rng = sc.rng
     if kind == "elliptical":
         x, y = _centre(rng, 0.2)
-        sc.sersic(x, y, np.exp(rng.uniform(np.log(0.5), np.log(4.0))), rng.uniform(3.0, 6.0),
-                  rng.uniform(0.0, 0.4), rng.uniform(0, np.pi), rng.uniform(19.5, 23.5), _colour(rng, "red"), True)
+        sc.early_type(x, y, rng.uniform(19.5, 23.5), rng.uniform(3.0, 6.0), rng.uniform(0.0, 0.4),
+                      rng.uniform(0, np.pi), True)
     elif kind == "disc":
         x, y = _centre(rng, 0.2)
         phi = rng.uniform(0, np.pi)
@@ -164,8 +173,7 @@ def _build(kind: str, sc: _Scene) -> None:  # noqa: C901 - one branch per kind, 
         e = rng.uniform(0.0, 0.35)
         phi = rng.uniform(0, np.pi)
         m = rng.uniform(20.0, 23.0)
-        r_eff = np.exp(rng.uniform(np.log(0.4), np.log(2.0)))
-        sc.sersic(x, y, r_eff, rng.uniform(2.0, 5.0), e, phi, m, _colour(rng, "red"), True)
+        sc.early_type(x, y, m, rng.uniform(2.0, 5.0), e, phi, True)
         sc.ring(x, y, rng.uniform(0.8, 3.0), rng.uniform(0.08, 0.35), rng.uniform(0, 0.4),
                 phi + rng.normal(0, 0.3), m + rng.uniform(-1.0, 1.0), _colour(rng, "blue"))
     elif kind == "field":
@@ -183,8 +191,7 @@ def _build(kind: str, sc: _Scene) -> None:  # noqa: C901 - one branch per kind, 
     elif kind == "blend":
         x, y = _centre(rng, 0.2)
         m = rng.uniform(20.0, 23.0)
-        sc.sersic(x, y, np.exp(rng.uniform(np.log(0.4), np.log(2.5))), rng.uniform(2.5, 6.0), rng.uniform(0, 0.4),
-                  rng.uniform(0, np.pi), m, _colour(rng, "red"), True)
+        sc.early_type(x, y, m, rng.uniform(2.5, 6.0), rng.uniform(0, 0.4), rng.uniform(0, np.pi), True)
         for _ in range(int(rng.integers(1, 3))):
             d = rng.uniform(0.8, 3.0)
             a = rng.uniform(0, 2 * np.pi)
@@ -214,7 +221,6 @@ def _build(kind: str, sc: _Scene) -> None:  # noqa: C901 - one branch per kind, 
         sc.main["artefact"] = which
     else:  # pragma: no cover - checked by craft_negatives
         raise InputError(f"unknown negative kind {kind!r}")
-    sc.field()
 
 
 def _cosmic_rays(img, rng, count, sky):
@@ -233,31 +239,10 @@ def _cosmic_rays(img, rng, count, sky):
     return img
 
 
-def _saturate(img, rng, level):
-    """Clip at a saturation level and bleed along columns (+y/−y).
-
-    The bleed length of a column is 5 % of its excess charge in units of the level (a
-    look-alike of coadd bleed trails, which are partly masked, not a charge-transfer model).
-    """
-    for ch in range(img.shape[0]):
-        plane = img[ch]
-        sat = plane > level
-        if not sat.any():
-            continue
-        for col in np.flatnonzero(sat.any(axis=0)):
-            rows_ = np.flatnonzero(sat[:, col])
-            excess = float(np.sum(plane[rows_, col] - level))
-            bleed = int(min(0.05 * excess / level, plane.shape[0]))
-            lo = max(rows_.min() - bleed // 2, 0)
-            hi = min(rows_.max() + bleed // 2 + 1, plane.shape[0])
-            plane[lo:hi, col] = level * rng.uniform(0.97, 1.0, hi - lo)
-    return img
-
-
 def craft_negatives(n: int, *, seed: int = 0, kinds=None, weights=None, size: int = 64,
                     pixel_scale: float = PIXEL_SCALE, noise: bool = True, psf=True, supersample: int = 1,
                     output: str = "uint8", zero_point: float = ZERO_POINT, gain=None, sky_sigma=None,
-                    index_offset: int = 0):
+                    index_offset: int = 0, field=None, field_i_max: float = I_MAX):
     """Synthesize ``n`` non-lens scenes (see the module docstring for the kinds).
 
     Parameters
@@ -268,6 +253,10 @@ def craft_negatives(n: int, *, seed: int = 0, kinds=None, weights=None, size: in
         through them (or are drawn with ``weights`` when given), so small sets cover every kind.
     size, pixel_scale, noise, psf, supersample, output, zero_point, gain, sky_sigma :
         as :func:`craft_lenses`.
+    field, field_i_max : the field population added to every scene, as :func:`craft_lenses`
+        (``None`` or 1 = the published counts, a number scales them, 0 = none; faint limit
+        ``field_i_max`` in i-band AB mag, default 26.0). Drawn from
+        ``default_rng([seed, index_offset + i, field.FIELD_SALT + 1])``.
 
     Returns
     -------
@@ -291,6 +280,7 @@ def craft_negatives(n: int, *, seed: int = 0, kinds=None, weights=None, size: in
         w = w / w.sum()
     obs = observation(size=size, pixel_scale=pixel_scale, noise=noise, psf=psf, supersample=supersample,
                       gain=gain, sky_sigma=sky_sigma)
+    scale = field_scale(field)
     half = 0.5 * obs.size * obs.pixel_scale
     all_rows, starts, posts, table_rows = [], [0], [], []
     for i in range(n):
@@ -309,13 +299,19 @@ def craft_negatives(n: int, *, seed: int = 0, kinds=None, weights=None, size: in
     lenses = np.zeros((n, 6))
     lenses[:, 1] = 1.0
     lenses[:, 2] = 1.0
-    imgs = render(comp, np.asarray(starts, dtype=np.int64), lenses, obs, seed, index_offset)
+    starts = np.asarray(starts, dtype=np.int64)
+    field_post = ()
+    if scale > 0:
+        comp, starts, field_post = add_field(comp, starts, seed=seed, index_offset=index_offset, size=obs.size,
+                                             pixel_scale=obs.pixel_scale, zero_point=zero_point, scale=scale,
+                                             i_max=field_i_max, salt=FIELD_SALT + 1)
+    imgs = apply_saturation(render(comp, starts, lenses, obs, seed, index_offset), field_post)
     for i, (post, rng) in enumerate(posts):
         for what, arg in post:
             if what == "cosmic_rays":
                 _cosmic_rays(imgs[i], rng, arg, obs.sky_sigma if noise else np.full(3, 0.05))
             elif what == "saturate":
-                _saturate(imgs[i], rng, arg)
+                saturate(imgs[i], rng, arg)
     table = Table(rows=table_rows, names=("index", "kind", "n_components", "m_g_main", "r_eff_main", "n_main",
                                           "e_main", "artefact"),
                   dtype=(np.int64, "U10", np.int64, float, float, float, float, "U14"))
@@ -323,18 +319,3 @@ def craft_negatives(n: int, *, seed: int = 0, kinds=None, weights=None, size: in
     table["r_eff_main"].unit = "arcsec"
     table.meta["deepmine"] = "lenscrafter negatives"
     return finish(imgs, output), table
-
-
-def field_rows(comp, starts, mean, *, seed, index_offset, size, pixel_scale, zero_point):
-    """Append Poisson(``mean``) faint field galaxies to every scene of (comp, starts)."""
-    half = 0.5 * size * pixel_scale
-    out, new_starts = [], [0]
-    for i in range(len(starts) - 1):
-        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, index_offset + i, _SEED_SALT + 1])
-        sc = _Scene(rng, pixel_scale, zero_point, half)
-        sc.field(mean)
-        out.append(comp[starts[i]:starts[i + 1]])
-        if sc.rows:
-            out.append(np.array(sc.rows))
-        new_starts.append(new_starts[-1] + starts[i + 1] - starts[i] + len(sc.rows))
-    return np.concatenate(out), np.asarray(new_starts, dtype=np.int64)
