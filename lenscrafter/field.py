@@ -224,19 +224,26 @@ def _power_law_mags(rng, k, lo, hi, slope):
     return np.log10(a + rng.uniform(0.0, 1.0, k) * (b - a)) / slope
 
 
-def _star_mags(rng, k, lo, hi):
-    grid = np.linspace(lo, hi, 401)
-    d = _star_dndm(grid)
-    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(grid))])
-    return np.interp(rng.uniform(0.0, 1.0, k) * cdf[-1], cdf, grid)
+class _Setup:
+    """Per-batch constants of :func:`_draw_one`: expected numbers and the star magnitude CDF."""
+
+    def __init__(self, half, i_min, i_max, scale):
+        self.half, self.i_min, self.i_max = half, i_min, i_max
+        area = (2.0 * (half + MARGIN)) ** 2
+        self.s_lo = min(i_min, 16.0)
+        self.lam_g = scale * galaxy_counts_between(i_min, i_max, area) if i_max > i_min else 0.0
+        self.lam_s = scale * star_counts_between(self.s_lo, i_max, area) if i_max > self.s_lo else 0.0
+        self.grid = np.linspace(self.s_lo, i_max, 401)
+        d = _star_dndm(self.grid)
+        self.cdf = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * np.diff(self.grid))])
 
 
-def _draw_one(rng, half, i_min, i_max, scale):
+def _draw_one(rng, su: _Setup):
     """Sources of one cutout: dict of arrays (galaxies first, then stars); positions in arcsec."""
+    half, i_min, i_max = su.half, su.i_min, su.i_max
     h = half + MARGIN
-    area = (2.0 * h) ** 2
-    ng = rng.poisson(scale * galaxy_counts_between(i_min, i_max, area)) if i_max > i_min else 0
-    ns = rng.poisson(scale * star_counts_between(min(i_min, 16.0), i_max, area)) if i_max > 16.0 else 0
+    ng = rng.poisson(su.lam_g)
+    ns = rng.poisson(su.lam_s)
     m_i = _power_law_mags(rng, ng, i_min, i_max, COUNTS_SLOPE)
     red = rng.uniform(0.0, 1.0, ng) < red_fraction(m_i)
     g_r = np.clip(rng.normal(0.45, 0.20, ng), -0.1, 1.2)
@@ -250,7 +257,7 @@ def _draw_one(rng, half, i_min, i_max, scale):
         g_r[red], r_i[red], r_eff[red] = et["g_r"], et["r_i"], et["r_eff"]
         n_s[red] = rng.uniform(2.5, 5.5, int(red.sum()))
         e[red] = rng.uniform(0.0, 0.4, int(red.sum()))
-    ms = _star_mags(rng, ns, min(i_min, 16.0), i_max) if ns else np.zeros(0)
+    ms = np.interp(rng.uniform(0.0, 1.0, ns) * su.cdf[-1], su.cdf, su.grid) if ns else np.zeros(0)
     s_gr = rng.uniform(0.2, 1.5, ns)
     s_ri = np.where(s_gr < 1.3, 0.1 + 0.45 * (s_gr - 0.2), rng.uniform(0.6, 1.8, ns))
     k = ng + ns
@@ -327,12 +334,12 @@ def field_population(n: int, *, seed: int = 0, size: int = 64, pixel_scale: floa
     n = int(n)
     if n < 1:
         raise InputError(f"n={n!r}: expected at least 1 cutout")
-    half = _check(size, pixel_scale, i_max, i_min, scale)
+    su = _Setup(_check(size, pixel_scale, i_max, i_min, scale), float(i_min), float(i_max), float(scale))
     cols = {c: [] for c in _COLS}
     for i in range(n):
         idx = int(index_offset) + i
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, idx, int(salt)])
-        d = _draw_one(rng, half, float(i_min), float(i_max), float(scale))
+        d = _draw_one(rng, su)
         cols["index"].append(np.full(d["x"].size, idx, dtype=np.int64))
         for c in _COLS[1:]:
             cols[c].append(d[c])
@@ -392,42 +399,67 @@ def sersic_row(x, y, r_eff, n, e, phi_deg, m_g, ratio_i, ratio_r, pixel_scale, z
     return row
 
 
-def population_rows(d: dict, pixel_scale: float, zero_point: float = ZERO_POINT) -> list:
-    """Component rows of one cutout's sources (a dict of :func:`_draw_one`)."""
-    rows = []
+def _galaxy_rows(d: dict, pixel_scale: float, zero_point: float) -> np.ndarray:
+    """Sersic component rows (lens plane) of the galaxies of ``d`` (arrays of one or many cutouts)."""
+    ng = d["x"].size
     rr, ri = flux_ratios(d["g_r"], d["r_i"])
-    j = 0
-    for k in range(d["x"].size):
-        if d["kind"][k] == "galaxy":
-            rows.append(sersic_row(d["x"][k], d["y"][k], d["r_eff"][k], d["n_sersic"][k], d["e"][k], d["phi"][k],
-                                   d["m_g"][k], ri[k], rr[k], pixel_scale, zero_point))
-        else:
-            spk = d["spike_phi"][j] if "spike_phi" in d else 0.0
-            rows.extend(star_rows(d["x"][k], d["y"][k], d["m_g"][k], ri[k], rr[k], pixel_scale, zero_point, spk))
-            j += 1
+    g = np.zeros((ng, kernels.NF))
+    if not ng:
+        return g
+    g[:, 0] = kernels.SERSIC
+    g[:, 2] = d["x"]
+    g[:, 3] = d["y"]
+    g[:, 4] = d["r_eff"]
+    g[:, 5] = d["n_sersic"]
+    g[:, 6] = 1.0 - d["e"]
+    phi = np.radians(d["phi"])
+    g[:, 7] = np.cos(phi)
+    g[:, 8] = np.sin(phi)
+    flux = magnitude_to_flux(d["m_g"], zero_point)[:, None] * np.stack([ri, rr, np.ones(ng)], -1)
+    g[:, 9:12] = flux * sersic_amp_from_flux(1.0, d["r_eff"], d["n_sersic"])[:, None] * pixel_scale**2
+    return g
+
+
+def _star_rows_of(d: dict, ng: int, pixel_scale: float, zero_point: float) -> list:
+    rr, ri = flux_ratios(d["g_r"][ng:], d["r_i"][ng:])
+    rows = []
+    for j, k in enumerate(range(ng, d["x"].size)):  # stars follow the galaxies
+        spk = d["spike_phi"][j] if "spike_phi" in d else 0.0
+        rows.extend(star_rows(d["x"][k], d["y"][k], d["m_g"][k], ri[j], rr[j], pixel_scale, zero_point, spk))
     return rows
+
+
+_GAL_KEYS = ("x", "y", "r_eff", "n_sersic", "e", "phi", "m_g", "g_r", "r_i")
 
 
 def add_field(comp, starts, *, seed, index_offset, size, pixel_scale, zero_point=ZERO_POINT, scale=1.0,
               i_max=I_MAX, i_min=I_MIN, salt=FIELD_SALT):
     """Append the field population to every scene of ``(comp, starts)`` (rows of :mod:`.kernels`).
 
-    Returns ``(comp, starts, saturation)``: the new rows and scene starts, and per scene the
-    saturation level in counts (0 = none) to apply with :func:`saturate` after rendering,
-    together with the scene's generator (``(level, rng)`` pairs).
+    Returns ``(comp, starts, post)``: the new rows and scene starts, and per scene a
+    ``(level, rng)`` pair: the saturation level in counts (0 = none) to apply with
+    :func:`apply_saturation` after rendering, and the scene's generator.
     """
-    half = _check(size, pixel_scale, i_max, i_min, scale)
+    su = _Setup(_check(size, pixel_scale, i_max, i_min, scale), float(i_min), float(i_max), float(scale))
     nsc = len(starts) - 1
-    out, new_starts, post = [], [0], []
+    draws, post = [], []
     for i in range(nsc):
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index_offset) + i, int(salt)])
-        out.append(comp[starts[i]:starts[i + 1]])
-        d = _draw_one(rng, half, float(i_min), float(i_max), float(scale))
-        rows = population_rows(d, pixel_scale, zero_point)
-        if rows:
-            out.append(np.array(rows))
-        new_starts.append(new_starts[-1] + starts[i + 1] - starts[i] + len(rows))
+        d = _draw_one(rng, su)
+        draws.append(d)
         post.append((d["saturate"], rng))
+    ngal = np.array([int((d["kind"] == "galaxy").sum()) for d in draws], dtype=np.int64)
+    allg = {k: np.concatenate([d[k][:n] for d, n in zip(draws, ngal)]) for k in _GAL_KEYS} if nsc else {}
+    grows = _galaxy_rows(allg, pixel_scale, zero_point) if nsc else np.zeros((0, kernels.NF))
+    goff = np.concatenate([[0], np.cumsum(ngal)])
+    out, new_starts = [], [0]
+    for i, d in enumerate(draws):
+        out.append(comp[starts[i]:starts[i + 1]])
+        out.append(grows[goff[i]:goff[i + 1]])
+        srows = _star_rows_of(d, int(ngal[i]), pixel_scale, zero_point) if d["x"].size > ngal[i] else []
+        if srows:
+            out.append(np.array(srows))
+        new_starts.append(new_starts[-1] + starts[i + 1] - starts[i] + int(ngal[i]) + len(srows))
     comp = np.concatenate(out) if out else np.zeros((0, kernels.NF))
     return comp, np.asarray(new_starts, dtype=np.int64), post
 
