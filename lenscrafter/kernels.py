@@ -10,15 +10,17 @@ batch is split into chunks.
 Scenes are lists of components (rows of a float64 array, :data:`NF` fields each):
 
 ====  ===========================================================================
-0     kind: SERSIC, RING, SPIRAL, POINT or TRAIL
+0     kind: SERSIC, RING, SPIRAL, POINT, TRAIL or SPIKE
 1     plane: 0 = lens plane (not lensed), 1 = source plane (lensed by the scene's SIE)
 2, 3  centre x, y (arcsec)
-4     r_eff (arcsec) — ring radius for RING, trail width (sigma) for TRAIL
-5     Sersic n — ring width (sigma, arcsec) for RING
+4     r_eff (arcsec) — ring radius for RING, trail/spike width (sigma) for TRAIL and SPIKE
+5     Sersic n — ring width (sigma, arcsec) for RING, exponential length (arcsec) for SPIKE
 6     q (minor/major)
-7, 8  cos(phi), sin(phi) of the major axis (trail direction for TRAIL)
+7, 8  cos(phi), sin(phi) of the major axis (trail/spike direction for TRAIL, SPIKE)
 9-11  amplitude per channel (i, r, g): value per pixel at R_eff (SERSIC, SPIRAL), at the
-      ring's peak (RING), of the trail's spine (TRAIL); total flux for POINT
+      ring's peak (RING), of the trail's spine (TRAIL), at the spike's centre (SPIKE: a
+      diffraction spike through the centre, exp(−|along|/length) along, Gaussian across);
+      total flux for POINT
 12-15 SPIRAL: arm amplitude, number of arms, 1/tan(pitch), phase (rad)
 ====  ===========================================================================
 """
@@ -35,7 +37,7 @@ from .vmath import _FAST, vatan, vexp, vlog, vsincos_2pi
 #: Profiles are truncated where they fall below this many counts per pixel (far below any noise).
 PROFILE_FLOOR = 1e-7
 
-SERSIC, RING, SPIRAL, POINT, TRAIL = 0, 1, 2, 3, 4
+SERSIC, RING, SPIRAL, POINT, TRAIL, SPIKE = 0, 1, 2, 3, 4, 5
 NF = 16
 NCHAN = 3
 
@@ -243,6 +245,9 @@ def _component_value(kind, row, pre, j, x, y):  # pragma: no cover
     if kind == TRAIL:
         t = yp / row[4]
         return math.exp(-0.5 * t * t)
+    if kind == SPIKE:
+        t = yp / row[4]
+        return math.exp(-0.5 * t * t - abs(xp) / row[5])
     r = math.sqrt(pre[j, 2] * xp * xp + pre[j, 3] * yp * yp)
     if kind == RING:
         t = (r - row[4]) / row[5]

@@ -120,9 +120,16 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
     Priors (independent unless stated):
 
     * θ_E ~ U(0.6, 3.0)″; e_sie ~ U(0, 0.5); phi_sie ~ U(−90, 90)°.
-    * Foreground (early type): m_g ~ U(20, 23.5); R_eff ~ log-U(0.5, 3)″; n ~ U(2.5, 6);
-      e ~ U(0, 0.4); phi = phi_sie + N(0, 10°) (light follows mass); colours r/g = 5.5 and
-      i/g = 20.5 times a log-normal scatter of 0.1 dex.
+    * Foreground (early type): m_g ~ U(20, 23.5); n ~ U(2.5, 6); e ~ U(0, 0.4);
+      phi = phi_sie + N(0, 10°) (light follows mass). Colours and size are those of a
+      red-sequence galaxy of that magnitude (:func:`.field.early_type`): absolute magnitude
+      M_r ~ N(−22.0, 0.5) (1–4 L*), hence a redshift (z ≈ 0.25 at m_g = 20, ≈ 0.6 at 23.5),
+      red-sequence colours g − r and r − i at that redshift (Eisenstein et al. 2001 LRG tracks,
+      scatter 0.05/0.04 mag) and R_eff from the Shen et al. (2003) early-type
+      size–luminosity relation with its scatter (typically 0.5–2″). (Before, the colours were
+      the seed's r/g = 5.5, i/g = 20.5, i.e. r − i = 1.43, redder than any z < 1 early type,
+      and R_eff ~ log-U(0.5, 3)″ independent of m_g.) These draws use a stream of their own
+      (``(seed, 0x1E45, 1)``), so every other column keeps its values for a given seed.
     * Source (star-forming): m_g ~ U(23, 26) (unlensed); R_eff ~ log-U(0.1, 0.6)″;
       n ~ U(0.5, 2.5); e ~ U(0, 0.6); phi ~ U(−90, 90)°; colours 1.6 and 2.6 with 0.1 dex
       scatter; position uniform over a disc of radius 0.6·θ_E around the deflector (inside the
@@ -147,9 +154,8 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
     c["dfl_x"] = np.zeros(n)
     c["dfl_y"] = np.zeros(n)
     c["m_g_fg"] = u(20.0, 23.5, n)
-    c["ratio_r_fg"] = 5.5 * 10 ** rng.normal(0, 0.1, n)
-    c["ratio_i_fg"] = 20.5 * 10 ** rng.normal(0, 0.1, n)
-    c["r_eff_fg"] = np.exp(u(np.log(0.5), np.log(3.0), n))
+    rng.normal(0, 0.1, 2 * n)  # the former colour draws: keeps the stream of the other columns
+    rng.uniform(0.0, 1.0, n)  # the former R_eff draw
     c["n_fg"] = u(2.5, 6.0, n)
     c["e_fg"] = u(0.0, 0.4, n)
     c["phi_fg"] = c["phi_sie"] + rng.normal(0, 10.0, n)
@@ -165,12 +171,18 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
     rad = 0.6 * np.sqrt(u(0.0, 1.0, n))
     ang = u(0.0, 2 * np.pi, n)
     for name, spec in overrides.items():  # theta_e first matters for the source position
-        if name == "theta_e":
+        if name in ("theta_e", "m_g_fg"):  # m_g_fg: the deflector's colours and size follow it
             c[name] = _draw(rng, n, spec, name)
+    from .field import early_type, flux_ratios
+
+    et = early_type(np.random.default_rng(np.random.SeedSequence([int(seed), 0x1E45, 1])), c["m_g_fg"])
+    c["ratio_r_fg"], c["ratio_i_fg"] = flux_ratios(et["g_r"], et["r_i"])
+    c["r_eff_fg"] = np.clip(et["r_eff"], 0.1, 10.0)
     c["src_x"] = rad * c["theta_e"] * np.cos(ang)
     c["src_y"] = rad * c["theta_e"] * np.sin(ang)
     for name, spec in overrides.items():
-        c[name] = _draw(rng, n, spec, name)
+        if name not in ("theta_e", "m_g_fg"):
+            c[name] = _draw(rng, n, spec, name)
     t = _table(c)
     check_lens_params(t)
     return t

@@ -59,7 +59,8 @@ def write_preview(path, *, seed: int = 0, literal: bool = False, noise: bool = T
     from .synth import craft_lenses
 
     params = preview_params(literal)
-    imgs = to_rgb(craft_lenses(params, seed=seed, noise=noise, psf=psf, size=size, pixel_scale=pixel_scale))
+    imgs = to_rgb(craft_lenses(params, seed=seed, noise=noise, psf=psf, size=size, pixel_scale=pixel_scale,
+                               field=0))  # the lens alone: the grid shows how it varies
     ncols = len(PREVIEW_COLUMNS)
     nrows = len(params) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.0 * nrows + 0.5), squeeze=False)

@@ -5,8 +5,9 @@ PSF half-width (so light from just outside the cutout is blurred in), convolves 
 (separable SVD terms: one for a Gaussian), crops, and adds photon and sky noise, in parallel
 over scenes (``numba.prange``). Profiles are truncated where they fall below 1e-7 counts per
 pixel (:data:`kernels.PROFILE_FLOOR`), far below any sky noise.
-Scene i draws its noise from the stream ``(seed, i)``: output is identical for any thread count
-and any chunking (``index_offset``).
+Scene i draws its noise from the stream ``(seed, i)`` and its field population
+(:mod:`.field`) from ``numpy.random.default_rng([seed, i, field.FIELD_SALT])``: output is
+identical for any thread count and any chunking (``index_offset``).
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from deepmine.inference.errors import InputError
 from deepmine.inference.preprocess import percentile_normalization
 
 from . import kernels
+from .field import FIELD_SALT, I_MAX, add_field, apply_saturation
 from .params import check_lens_params
 from .pipeline import HSC, PIXEL_SCALE, ZERO_POINT, check_psf, default_psf, psf_terms
 from .profiles import magnitude_to_flux, sersic_amp_from_flux
-from .scene import field_rows
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def finish(images: np.ndarray, output: str) -> np.ndarray:
 def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: float = PIXEL_SCALE,
                  noise: bool = True, psf=True, supersample: int = 1, output: str = "uint8",
                  zero_point: float = ZERO_POINT, gain=None, sky_sigma=None,
-                 field: float = 0.0, index_offset: int = 0) -> np.ndarray:
+                 field: float | None = None, index_offset: int = 0, field_i_max: float = I_MAX) -> np.ndarray:
     """Synthesize one 3-band cutout per row of a lens table (seed Figure 4.2 pipeline).
 
     Parameters
@@ -163,11 +164,15 @@ def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: f
     output : ``"uint8"`` (percentile-normalised, the scanner's convention) or ``"float32"``
         (counts per pixel for ``zero_point``).
     gain, sky_sigma : electrons per count and sky noise (counts/pixel), scalar or per channel.
-    field : mean number of faint field galaxies (m_g 22–26.5, as around the negatives of
-        :func:`craft_negatives`) scattered over each cutout; 0 (default) for clean lenses, ~1.2
-        when lenses are mixed with negatives for training, so that neighbours do not give
-        the class away. Drawn from ``(seed, index_offset + i)``.
+    field : the field population around each lens (:mod:`.field`: galaxies from published
+        i-band counts down to ``field_i_max``, with published sizes and colours, and stars with
+        spikes and saturation). ``None`` (default) or 1 = the published counts; another number
+        scales them (e.g. 0.5, 2); 0 = a clean lens on empty sky. (Before LensCrafter had a
+        realistic field this was the mean number of faint galaxies, default 0; ``field=1``
+        as in ``deepmine craft --field 1`` now means the published counts.) Drawn from
+        ``default_rng([seed, index_offset + i, field.FIELD_SALT])``.
     index_offset : global index of the first row (for chunked generation).
+    field_i_max : faint limit of the field population, i-band AB mag (default 26.0, HSC Wide).
 
     Returns
     -------
@@ -179,9 +184,23 @@ def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: f
     obs = observation(size=size, pixel_scale=pixel_scale, noise=noise, psf=psf, supersample=supersample,
                       gain=gain, sky_sigma=sky_sigma)
     comp, starts, lenses = lens_scene(params, obs.pixel_scale, zero_point)
-    if not (np.isfinite(field) and 0.0 <= field <= 50.0):
-        raise InputError(f"field={field!r}: expected a mean number of field galaxies in 0..50")
-    if field > 0:
-        comp, starts = field_rows(comp, starts, field, seed=seed, index_offset=index_offset,
-                                  size=obs.size, pixel_scale=obs.pixel_scale, zero_point=zero_point)
-    return finish(render(comp, starts, lenses, obs, seed, index_offset), output)
+    scale = field_scale(field)
+    post = ()
+    if scale > 0:
+        comp, starts, post = add_field(comp, starts, seed=seed, index_offset=index_offset, size=obs.size,
+                                       pixel_scale=obs.pixel_scale, zero_point=zero_point, scale=scale,
+                                       i_max=field_i_max, salt=FIELD_SALT)
+    images = apply_saturation(render(comp, starts, lenses, obs, seed, index_offset), post)
+    return finish(images, output)
+
+
+def field_scale(field) -> float:
+    """The scale factor of the published field counts for a ``field`` option (None → 1)."""
+    scale = 1.0 if field is None else field
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise InputError(f"field={field!r}: expected None or a scale factor of the published counts in 0..50") from None
+    if not (np.isfinite(scale) and 0.0 <= scale <= 50.0):
+        raise InputError(f"field={field!r}: expected None or a scale factor of the published counts in 0..50")
+    return scale

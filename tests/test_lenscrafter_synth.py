@@ -131,7 +131,7 @@ def test_craft_lenses_shapes_dtypes_and_normalisation():
 
 def test_bands_follow_the_flux_ratios_in_channel_order_i_r_g():
     t = reference_lens_params(1)
-    img = craft_lenses(t, noise=False, output="float32")[0].sum(axis=(1, 2))
+    img = craft_lenses(t, noise=False, output="float32", field=0)[0].sum(axis=(1, 2))
     assert img[0] > img[1] > img[2]  # i > r > g for the red foreground (20.5 : 5.5 : 1)
 
 
@@ -154,7 +154,7 @@ def test_deterministic_per_seed_and_independent_of_threads_and_chunks():
 def test_noise_levels_in_an_empty_field():
     t = reference_lens_params(20)
     t["m_g_fg"], t["m_g_src"], t["fg_x"] = 40.0, 40.0, 50.0
-    img = craft_lenses(t, seed=1, output="float32", sky_sigma=(0.1, 0.2, 0.3))
+    img = craft_lenses(t, seed=1, output="float32", sky_sigma=(0.1, 0.2, 0.3), field=0)
     np.testing.assert_allclose(img.std(axis=(0, 2, 3)), [0.1, 0.2, 0.3], rtol=0.02)
 
 
@@ -210,8 +210,8 @@ def test_offset_lenses_moves_whole_lenses():
     moved = ref.copy()
     for col in ("dfl_x", "fg_x", "src_x"):
         moved[col] = moved[col] + 2 * 0.168
-    a = craft_lenses(ref, noise=False, psf=False, output="float32")[0]
-    b = craft_lenses(moved, noise=False, psf=False, output="float32")[0]
+    a = craft_lenses(ref, noise=False, psf=False, output="float32", field=0)[0]
+    b = craft_lenses(moved, noise=False, psf=False, output="float32", field=0)[0]
     assert np.allclose(b[:, :, 6:-6], np.roll(a, 2, axis=2)[:, :, 6:-6], rtol=1e-4, atol=1e-3 * a.max())
     with pytest.raises(InputError, match="sigma"):
         offset_lenses(t, -1.0)

@@ -94,6 +94,89 @@ def test_random_crop_rescale():
         D.random_crop_rescale(x, 101, rng)
 
 
+def _sky(n=5, c=3, h=32, w=32, seed=0):
+    """Sky-like preprocessed images: a positive level with noise, a source off-centre."""
+    rng = np.random.default_rng(seed)
+    x = (0.2 + 0.02 * rng.standard_normal((n, c, h, w))).astype(np.float32)
+    x[:, :, h // 2 - 3 : h // 2 + 1, w // 2 : w // 2 + 5] += 1.0
+    return x
+
+
+def test_shift_images_moves_content_by_the_drawn_amount():
+    x = _sky(n=4, h=24, w=20)
+    dy, dx = np.array([2, -3, 0, 1]), np.array([-1, 3, 0, 3])
+    y = D.shift_images(x, dy, dx, limit=3)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    for i in range(4):
+        rolled = np.roll(x[i], (dy[i], dx[i]), axis=(-2, -1))
+        # away from the border (the strip a shift uncovers) the shift is exactly np.roll's
+        np.testing.assert_array_equal(y[i, :, 3:-3, 3:-3], rolled[:, 3:-3, 3:-3])
+        np.testing.assert_array_equal(
+            y[i, :, max(dy[i], 0) : 24 + min(dy[i], 0), max(dx[i], 0) : 20 + min(dx[i], 0)],
+            rolled[:, max(dy[i], 0) : 24 + min(dy[i], 0), max(dx[i], 0) : 20 + min(dx[i], 0)],
+        )
+    np.testing.assert_array_equal(y[2], x[2])  # (0, 0) is the identity
+    # the uncovered strip is the mirror image of the pixels just inside the edge
+    # (image 0 moved 2 down, 1 left: its top rows mirror rows 2 and 1; its right column col 18)
+    np.testing.assert_array_equal(y[0, :, 0], x[0][:, 2][:, np.r_[1:20, 18]])
+    np.testing.assert_array_equal(y[0, :, 1], x[0][:, 1][:, np.r_[1:20, 18]])
+    with pytest.raises(InputError, match="data.shift"):
+        D.shift_images(x, np.full(4, 20), np.zeros(4, int))
+
+
+def test_random_shift_borders_look_like_sky_not_zeros():
+    x = _sky(n=64, h=32, w=32)
+    y = D.random_shift(x, 3, np.random.default_rng(1))
+    assert y.shape == x.shape and y.dtype == np.float32
+    border = np.concatenate([y[..., :3, :].ravel(), y[..., -3:, :].ravel(), y[..., :, :3].ravel(), y[..., :, -3:].ravel()])
+    assert np.all(border != 0) and abs(border.mean() - 0.2) < 0.01  # the sky's level, no zero strip
+    assert 0.015 < border.std() < 0.025  # and its noise: no constant fill
+    # each image moved by its draw (uniform in -3..3 per axis, rows then columns, from the rng)
+    d = np.random.default_rng(1).integers(-3, 4, size=(2, 64))
+    assert np.abs(d).max() == 3 and np.any(d != 0)
+    for i in range(64):
+        rolled = np.roll(x[i], (d[0, i], d[1, i]), axis=(-2, -1))
+        np.testing.assert_array_equal(y[i, :, 3:-3, 3:-3], rolled[:, 3:-3, 3:-3])
+
+
+def test_random_shift_draws_every_offset_and_is_deterministic_per_seed():
+    # a single bright pixel far from the border shows the drawn shift exactly
+    x = np.zeros((2000, 1, 16, 16), np.float32)
+    x[:, 0, 8, 8] = 1.0
+    y = D.random_shift(x, 2, np.random.default_rng(7))
+    pos = np.array([np.unravel_index(np.argmax(im[0]), (16, 16)) for im in y]) - 8
+    assert set(map(tuple, pos)) == {(a, b) for a in range(-2, 3) for b in range(-2, 3)}  # uniform, all 25
+    assert np.all(np.bincount(pos[:, 0] + 2) > 300) and np.all(np.bincount(pos[:, 1] + 2) > 300)
+    np.testing.assert_array_equal(y, D.random_shift(x, 2, np.random.default_rng(7)))
+    assert not np.array_equal(y, D.random_shift(x, 2, np.random.default_rng(8)))
+    # shift = 0 is the identity and draws nothing
+    rng = np.random.default_rng(3)
+    assert D.random_shift(x, 0, rng) is x
+    assert rng.integers(1 << 30) == np.random.default_rng(3).integers(1 << 30)
+    with pytest.raises(InputError, match="data.shift"):
+        D.random_shift(x, 16, rng)
+    with pytest.raises(InputError, match="data.shift"):
+        D.random_shift(x, -1, rng)
+
+
+def test_sampler_shifts_positives_and_negatives_and_is_reproducible():
+    ps, ns = _sources(n_pos=8, n_neg=20, shape=(1, 16, 16))
+    spec = {"kind": "percentile"}
+    base = D.NegativeLearningSampler(ps, ns, np.arange(8), np.arange(20), spec, batch_positives=8, symmetries=False)
+    shifted = D.NegativeLearningSampler(ps, ns, np.arange(8), np.arange(20), spec, batch_positives=8,
+                                        symmetries=False, shift=2)  # fmt: skip
+    (b0,) = base.batches(np.random.default_rng(0))
+    (b1,) = shifted.batches(np.random.default_rng(0))
+    (b2,) = shifted.batches(np.random.default_rng(0))
+    np.testing.assert_array_equal(b1.images, b2.images)
+    assert b1.labels.tolist() == b0.labels.tolist()
+    # the row-id pixel (0, 0) moved in positives and negatives alike (same rows: the plan comes first)
+    moved = [not np.array_equal(b1.images[i], b0.images[i]) for i in range(16)]
+    assert any(moved[:8]) and any(moved[8:])
+    with pytest.raises(InputError, match="data.shift"):
+        D.NegativeLearningSampler(ps, ns, np.arange(8), np.arange(20), spec, shift=-1)
+
+
 # ---------------------------------------------------------------- negative learning
 def _sources(n_pos=10, n_neg=50, shape=(1, 8, 8)):
     pos = np.full((n_pos,) + shape, 200, np.uint8)
@@ -166,6 +249,29 @@ def test_shipped_recipes_hold_the_seed_values():
     assert search["extra_positives"] and search["extra_negatives"]
     assert lf.phases[1]["optimizer"]["name"] == "adam"
     assert lf.phases[1]["data"]["batch_positives"] == 64 and lf.phases[1]["data"]["crop"] == 90
+
+
+LENSCRAFTER_RECIPES = ("eznet", "lensflow", "demo", "demo-anneal")
+
+
+@pytest.mark.parametrize("name", LENSCRAFTER_RECIPES)
+def test_lenscrafter_recipes_shift_and_document_their_offsets(name):
+    """Every recipe that trains on LensCrafter data shifts its images (issue 17) in every phase
+    and names the whole-lens offset σ its data should be crafted with."""
+    from deepmine.training.recipe import builtin_recipe_path
+
+    r = load_recipe(name)
+    assert all(p["data"]["shift"] > 0 for p in r.phases)
+    text = builtin_recipe_path(name).read_text()
+    assert "shift" in text and "offset_lenses" in text and "σ = 0.2″" in text
+
+
+def test_shift_is_a_recipe_setting():
+    assert load_recipe("eznet", {"data.shift": 0}).phases[0]["data"]["shift"] == 0
+    with pytest.raises(InputError, match="shift"):
+        load_recipe("eznet", {"data.shift": -1})
+    with pytest.raises(InputError, match="expected an integer"):
+        load_recipe("eznet", {"data.shift": 1.5})
 
 
 def test_recipe_extends_sets_and_errors(tmp_path):

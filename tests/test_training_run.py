@@ -340,6 +340,9 @@ def test_shipped_recipes_run_when_shrunk(toy, tmp_path):
     assert [r["phase"] for r in res.history] == ["pretrain", "coarse", "fine", "search"]
     model, info = load_checkpoint(res.model_path)
     assert info["deepmine_config"]["input_shape"] == [1, 100, 100] and model.layer_shapes[9] == ("flatten", (7290,))
+    # the shift augmentation (issue 17) ran and is recorded with the other data settings
+    prov = info["provenance"]
+    assert prov["recipe"]["data"]["shift"] == 3 and all(p["data"]["shift"] == 3 for p in prov["phases"])
 
 
 # ---------------------------------------------------------------- evidence

@@ -4,27 +4,67 @@
 # started from stage 1's weights, with arc-less lens galaxies as extra negatives) → selection function → ONNX fp32 (bundled, with the held-out
 # RP and the selection-function summary in its metadata) and int8 (kept in the work folder).
 #
+#   [STAGE1_EPOCHS=N] [STAGE2_EPOCHS=N] [OFFSET_SIGMA=S] \
 #   tools/build_bundled_model.sh [WORKDIR] [DEVICE]     (defaults: build/demo-model, auto)
 #
+# Position robustness (issue 17): from the first stage on, every lens is moved off the cutout
+# centre as a whole (deflector, its light and the source together) by N(0, σ) per axis with
+# deepmine.lenscrafter.offset_lenses on the parameter tables, σ = OFFSET_SIGMA = 0.2″ (1.2 px at
+# 0.168″/px; continuous, so sub-pixel offsets included) — the training lenses and the arc-less
+# lens galaxies of stage 2 alike, so that neither "a lens is exactly centred" nor "an exactly
+# centred red galaxy is a lens" can be learnt. The non-lens scenes already scatter their main
+# galaxy by ~0.2″ (LensCrafter). On top, recipes demo and demo-anneal shift every image
+# (positives and negatives) by up to 2 whole pixels per axis (data.shift, reflected borders).
+# The σ used is stamped in WORKDIR/offset_sigma; lenses and stages crafted with another σ (or
+# before this, without offsets) are refused rather than silently reused (non-lens stacks are
+# reused: offsets do not touch them).
+#
 # Needs deepmine[train]. Stage 1 is ~45 s/epoch on an H200 (launch-bound: the net is small) and
-# ~11 min/epoch on 2 CPU cores; stage 2 ~6 min/epoch on 2 CPU cores. Existing stacks and stage
-# outputs in WORKDIR are reused; delete them to redo a step.
+# ~11 min/epoch on 2 CPU cores; stage 2 ~6 min/epoch on 2 CPU cores (crafting the stacks comes
+# on top). The recipes' budget (6 + 3 epochs) is ~85 min of training on 2 cores; a CPU build
+# that must fit 60-75 min sets STAGE1_EPOCHS / STAGE2_EPOCHS (defaults: the recipes' 6 and 3),
+# e.g. STAGE1_EPOCHS=4 STAGE2_EPOCHS=3 → ~44 + ~18 ≈ 62 min, or STAGE1_EPOCHS=5 → ~73 min.
+# Shortened stages are recorded in the provenance (recipe.json, the model's metadata) as
+# --set phase.<name>.epochs overrides. Existing stacks and stage outputs in WORKDIR are reused;
+# delete them to redo a step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-build/demo-model}
 DEVICE=${2:-auto}
+OFFSET_SIGMA=${OFFSET_SIGMA:-0.2}
+STAGE1_SET=(); STAGE2_SET=()
+[ -z "${STAGE1_EPOCHS:-}" ] || STAGE1_SET=(--set "phase.main.epochs=$STAGE1_EPOCHS")
+[ -z "${STAGE2_EPOCHS:-}" ] || STAGE2_SET=(--set "phase.anneal.epochs=$STAGE2_EPOCHS")
 mkdir -p "$W"
+if [ -f "$W/offset_sigma" ]; then
+  if [ "$(cat "$W/offset_sigma")" != "$OFFSET_SIGMA" ]; then
+    echo "$W was crafted with lens offsets σ = $(cat "$W/offset_sigma")″, not $OFFSET_SIGMA″; use another WORKDIR" >&2
+    exit 2
+  fi
+else
+  for f in lens_params.ecsv arcless_params.ecsv lenses.npy arcless.npy stage1 stage2; do
+    if [ -e "$W/$f" ]; then
+      echo "$W holds lenses or stages of a build without lens offsets (no $W/offset_sigma): delete its" \
+           "lens_params.ecsv, arcless_params.ecsv, lenses.npy, arcless.npy, stage1 and stage2" \
+           "(the non-lens stacks can stay), or use another WORKDIR" >&2
+      exit 2
+    fi
+  done
+  echo "$OFFSET_SIGMA" > "$W/offset_sigma"
+fi
 # training lenses: LensCrafter priors with arcs a survey scan can find (source m_g 21.5-24.5);
 # negatives: every kind, plus extra rings, blends, artefacts and ellipticals (the kinds that
 # outscore lenses most often)
-# (stage 2 adds lens galaxies without arcs: the training priors with the source at m_g 35)
-[ -f "$W/arcless_params.ecsv" ] || python - "$W" <<'PY'
+# (stage 2 adds lens galaxies without arcs: the training priors with the source at m_g 35);
+# both tables moved off-centre by offset_lenses(σ = OFFSET_SIGMA), each with its own seed
+[ -f "$W/arcless_params.ecsv" ] || python - "$W" "$OFFSET_SIGMA" <<'PY'
 import sys
-from deepmine.lenscrafter import sample_lens_params
+from deepmine.lenscrafter import offset_lenses, sample_lens_params
+w, sigma = sys.argv[1], float(sys.argv[2])
 t = sample_lens_params(40000, seed=101, m_g_src=(21.5, 24.5), theta_e=(0.8, 2.8))
-t.write(f"{sys.argv[1]}/lens_params.ecsv", overwrite=True)
+offset_lenses(t, sigma, seed=101).write(f"{w}/lens_params.ecsv", overwrite=True)
 t = sample_lens_params(20000, seed=606, m_g_src=35.0, theta_e=(0.8, 2.8))
-t.write(f"{sys.argv[1]}/arcless_params.ecsv", overwrite=True)
+offset_lenses(t, sigma, seed=606).write(f"{w}/arcless_params.ecsv", overwrite=True)
 PY
 [ -f "$W/lenses.npy" ] || deepmine craft --params "$W/lens_params.ecsv" --out "$W/lenses.npy" --seed 101 --field 1
 [ -f "$W/arcless.npy" ] || deepmine craft --params "$W/arcless_params.ecsv" --out "$W/arcless.npy" --seed 606 --field 1
@@ -32,9 +72,10 @@ PY
 [ -f "$W/hard.npy" ] || deepmine craft --n 20000 --negatives --kinds ring,blend,artefact,elliptical \
     --out "$W/hard.npy" --seed 505
 DATA=(-p "$W/lenses.npy" -n "$W/negatives.npy" -n "$W/hard.npy")
-[ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --out "$W/stage1" --device "$DEVICE" --plot
+[ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --out "$W/stage1" --device "$DEVICE" --plot \
+    ${STAGE1_SET[@]+"${STAGE1_SET[@]}"}
 [ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
-    --init "$W/stage1/model.pt" --out "$W/stage2" --device "$DEVICE" --plot
+    --init "$W/stage1/model.pt" --out "$W/stage2" --device "$DEVICE" --plot ${STAGE2_SET[@]+"${STAGE2_SET[@]}"}
 # selection function of the exported model (default grid; reference pool: 5,000 non-lens scenes
 # of every kind, crafted apart from the training data), then the final export records its summary
 [ -f "$W/pool_negatives.npy" ] || deepmine craft --n 5000 --negatives --out "$W/pool_negatives.npy" --seed 404

@@ -15,8 +15,12 @@ Negative learning (seed 4.2)
 
 Augmentation
     Each image gets a random element of the symmetry group of the square (4 rotations, 4
-    reflections; seed 2.2, 4.2) and, when ``crop`` is set (LensFlow: 90), a random crop of
-    crop×crop pixels rescaled bilinearly to the input size (seed 2.2: 90×90 → 100×100).
+    reflections; seed 2.2, 4.2), then, when ``shift`` is set, a random integer translation of
+    up to ``shift`` pixels per axis (:func:`random_shift`: position robustness, issue 17; the
+    exposed border is filled by reflection, never zeros) and, when ``crop`` is set (LensFlow:
+    90), a random crop of crop×crop pixels rescaled bilinearly to the input size (seed 2.2:
+    90×90 → 100×100). Positives and negatives get the same treatment, and all of it runs on
+    the preprocessed arrays, so it applies to real cutout stacks exactly as to crafted ones.
 
 All randomness comes from one ``numpy.random.Generator`` per epoch, seeded by
 (seed, phase, epoch), so an epoch's batches do not depend on what ran before it: a resumed run
@@ -178,6 +182,58 @@ def random_crop_rescale(x: np.ndarray, crop: int, rng: np.random.Generator) -> n
     return out
 
 
+def shift_images(x: np.ndarray, dy: np.ndarray, dx: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Translate image ``i`` by (``dy[i]``, ``dx[i]``) whole pixels, filling the exposed border by
+    reflection.
+
+    Content moves the way :func:`numpy.roll` moves it (``dy`` > 0: down, towards larger row
+    indices; ``dx`` > 0: right), so away from the border the result equals
+    ``np.roll(x[i], (dy[i], dx[i]), axis=(-2, -1))``. The strip that the shift uncovers is the
+    mirror image of the pixels just inside the edge (``np.pad`` mode ``"reflect"``: the edge
+    pixel itself is not repeated). Reflection keeps the sky's level, noise and texture in the
+    strip; a constant fill (zeros, or any other value) would not occur in a real cutout and
+    would give the classifier a border to key on. Vectorised: one reflect-pad of the batch, then
+    one slice copy per distinct shift (at most (2·limit + 1)² of them, as :func:`apply_symmetry`
+    loops over the 8 group elements). ``limit`` is the padding (default: the largest |shift|);
+    it must be smaller than the image side.
+    """
+    n, _, h, w = x.shape
+    dy = np.asarray(dy, dtype=np.int64).reshape(n)
+    dx = np.asarray(dx, dtype=np.int64).reshape(n)
+    s = int(limit) if limit is not None else int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+    if s == 0:
+        return x
+    if s >= min(h, w) or np.abs(dy).max(initial=0) > s or np.abs(dx).max(initial=0) > s:
+        raise InputError(f"data.shift must be smaller than the cutout size {min(h, w)}, got {s}")
+    padded = np.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), mode="reflect")
+    out = np.empty_like(x)
+    key = (dy + s) * (2 * s + 1) + (dx + s)
+    for k in np.unique(key):
+        sel = np.nonzero(key == k)[0]
+        oy, ox = (int(v) - s for v in divmod(int(k), 2 * s + 1))  # this group's (dy, dx)
+        out[sel] = padded[sel, :, s - oy : s - oy + h, s - ox : s - ox + w]
+    return out
+
+
+def random_shift(x: np.ndarray, shift: int, rng: np.random.Generator) -> np.ndarray:
+    """A random integer translation per image, uniform in −``shift``..``shift`` on each axis.
+
+    The exposed border is filled by reflection (:func:`shift_images`). Whole pixels only: a
+    sub-pixel shift would have to interpolate, which smooths the noise and so marks the shifted
+    images (lower pixel-to-pixel variance) — sub-pixel offsets come from the data instead
+    (LensCrafter's ``offset_lenses`` moves whole lenses by continuous amounts). ``shift`` = 0
+    returns ``x`` unchanged and draws nothing from ``rng``.
+    """
+    shift = int(shift)
+    n, _, h, w = x.shape
+    if shift < 0 or (shift and shift >= min(h, w)):
+        raise InputError(f"data.shift must be >= 0 and smaller than the cutout size {min(h, w)}, got {shift}")
+    if shift == 0:
+        return x
+    d = rng.integers(-shift, shift + 1, size=(2, n))
+    return shift_images(x, d[0], d[1], limit=shift)
+
+
 # --------------------------------------------------------------------------------------
 # negative learning
 # --------------------------------------------------------------------------------------
@@ -208,10 +264,12 @@ class NegativeLearningSampler:
         Random square symmetries.
     crop : int
         Random crop size rescaled to the input size (0: none).
+    shift : int
+        Largest random translation in whole pixels per axis (0: none); see :func:`random_shift`.
     """
 
     def __init__(self, positives, negatives, pos_index, neg_index, spec, batch_positives=32,
-                 negatives_per_positive=1, positives_per_epoch=0, symmetries=True, crop=0):  # fmt: skip
+                 negatives_per_positive=1, positives_per_epoch=0, symmetries=True, crop=0, shift=0):  # fmt: skip
         if len(pos_index) == 0:
             raise InputError("no positives left for training (check data.test_fraction and the positives file)")
         if len(neg_index) == 0:
@@ -224,6 +282,9 @@ class NegativeLearningSampler:
         self.positives_per_epoch = int(positives_per_epoch)
         self.symmetries = bool(symmetries)
         self.crop = int(crop)
+        self.shift = int(shift)
+        if self.shift < 0:
+            raise InputError(f"data.shift must be >= 0, got {shift}")
         if self.batch_positives < 1 or self.negatives_per_positive < 1 or self.positives_per_epoch < 0:
             raise InputError("data.batch_positives and data.negatives_per_positive must be >= 1, positives_per_epoch >= 0")
 
@@ -258,6 +319,8 @@ class NegativeLearningSampler:
             y = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
             if self.symmetries:
                 x = random_symmetry(x, rng)
+            if self.shift:
+                x = random_shift(x, self.shift, rng)
             if self.crop:
                 x = random_crop_rescale(x, self.crop, rng)
             yield Batch(np.ascontiguousarray(x, dtype=np.float32), y)

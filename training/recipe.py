@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "positives_per_epoch": 0,      # 0: every train positive once per epoch
         "symmetries": True,            # random square symmetries (8)
         "crop": 0,                     # random crop size rescaled to the input size (LensFlow 90)
+        "shift": 0,                    # random integer translation, up to this many pixels per axis (0: none)
         "channels": [],                # bands (channel indices) taken from the files; [] = all
         "eval_batch_size": 256,
         "template": "positives",       # LensFlow histogram template: positives | negatives | all | path.npy
@@ -345,8 +346,8 @@ def _check_phase(p: dict, where: str) -> None:
     for k in ("batch_positives", "negatives_per_positive", "eval_batch_size", "template_images"):
         if d[k] < 1:
             raise InputError(f"{where} data.{k}: must be >= 1, got {d[k]}")
-    if d["crop"] < 0 or d["positives_per_epoch"] < 0 or d["max_test_negatives"] < 0:
-        raise InputError(f"{where} data: crop, positives_per_epoch and max_test_negatives must be >= 0")
+    if d["crop"] < 0 or d["shift"] < 0 or d["positives_per_epoch"] < 0 or d["max_test_negatives"] < 0:
+        raise InputError(f"{where} data: crop, shift, positives_per_epoch and max_test_negatives must be >= 0")
     if not all(isinstance(c, int) and c >= 0 for c in d["channels"]):
         raise InputError(f"{where} data.channels: expected channel indices (integers >= 0), got {d['channels']}")
 

@@ -438,6 +438,7 @@ class Trainer:
                 pdata["pos_src"], pdata["neg_src"], pdata["pos_train"], pdata["neg_train"], spec,
                 batch_positives=d["batch_positives"], negatives_per_positive=d["negatives_per_positive"],
                 positives_per_epoch=d["positives_per_epoch"], symmetries=d["symmetries"], crop=d["crop"],
+                shift=d["shift"],
             )  # fmt: skip
             optimizer = self._optimizer(model, phase)
             scheduler = torch.optim.lr_scheduler.MultiStepLR(

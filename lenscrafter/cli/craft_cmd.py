@@ -42,8 +42,12 @@ def craft(
     negatives: bool = typer.Option(False, "--negatives", help="Craft non-lens scenes instead of lenses."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="Comma-separated negative kinds (default all): "
                                         "elliptical,disc,spiral,ring,field,star,blend,artefact."),
-    field: float = typer.Option(0.0, "--field", min=0.0, max=50.0, help="Mean number of faint field "
-                                "galaxies added around each lens."),
+    field: Optional[float] = typer.Option(None, "--field", min=0.0, max=50.0, help="Field population "
+                                          "(galaxies and stars from published counts, sizes, colours) around "
+                                          "every lens or non-lens scene: a scale factor of the published "
+                                          "counts; default 1 (published); 0 = none (clean lenses)."),
+    field_i_max: float = typer.Option(26.0, "--field-i-max", min=15.0, max=30.0, help="Faint limit of the "
+                                      "field population, i-band AB mag (HSC Wide: 26)."),
     seed: int = typer.Option(0, "--seed", "-s", help="Random seed (parameters and noise)."),
     no_noise: bool = typer.Option(False, "--no-noise", help="No photon or sky noise."),
     no_psf: bool = typer.Option(False, "--no-psf", help="No PSF convolution."),
@@ -70,7 +74,8 @@ def craft(
     if no_psf and psf is not None:
         raise InputError("--psf and --no-psf contradict each other; give one")
     psf_arg = False if no_psf else (_read_psf(psf) if psf is not None else True)
-    common = dict(size=size, pixel_scale=pixel_scale, noise=not no_noise, psf=psf_arg, supersample=supersample)
+    common = dict(size=size, pixel_scale=pixel_scale, noise=not no_noise, psf=psf_arg, supersample=supersample,
+                  field=field, field_i_max=field_i_max)
 
     if preview is not None:
         from deepmine.lenscrafter.preview import write_preview
@@ -123,7 +128,7 @@ def craft(
                                                 **common)
                     tables.append(tab)
                 else:
-                    imgs = craft_lenses(table[a:b], seed=seed, output=dtype, index_offset=a, field=field, **common)
+                    imgs = craft_lenses(table[a:b], seed=seed, output=dtype, index_offset=a, **common)
                 stack[a:b] = imgs
                 advance(b - a)
         stack.flush()
@@ -135,7 +140,8 @@ def craft(
     table.meta.update({"seed": seed, "size": size, "pixel_scale": pixel_scale, "noise": not no_noise,
                        "psf": "none" if no_psf else (str(psf) if psf else "gaussian-hsc"),
                        "supersample": supersample, "dtype": dtype, "bands": "i,r,g", "stack": out.name,
-                       "field": field if not negatives else 1.2})
+                       "field": 1.0 if field is None else field,
+                       "field_i_max": field_i_max})
     with atomic_path(table_path) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
     what = "negatives" if negatives else "lenses"
