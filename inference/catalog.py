@@ -43,6 +43,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError, MissingDependencyError, file_error, first_line
+from .formats import is_fits
 
 FORMATS = ("fits", "ecsv", "parquet")
 SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
@@ -125,6 +126,43 @@ def _write_fits_chunked(table, path: Path, chunk: int) -> None:
         fh.write(b"\0" * ((-(n * row_bytes)) % 2880))
 
 
+#: Score columns that are null (not NaN) in ECSV and Parquet where a row was not ranked.
+NULLABLE_COLUMNS = ("logit", "probability", "ordinality", "ordinality_ref")
+
+
+def _with_nulls(table):
+    """``table`` with NaN in the score columns as masked (null) values, for ECSV;
+    FITS keeps NaN, the float null of the FITS standard. No copy when nothing is NaN."""
+    from astropy.table import MaskedColumn
+
+    out = None
+    for name in NULLABLE_COLUMNS:
+        if name in table.colnames:
+            data = np.asarray(table[name])
+            nan = np.isnan(data)
+            if nan.any():
+                out = table.copy(copy_data=False) if out is None else out
+                out[name] = MaskedColumn(data, mask=nan, unit=table[name].unit, description=table[name].description)
+    return table if out is None else out
+
+
+def _write_parquet(table, path: Path) -> None:
+    """Parquet through pyarrow: NaN scores become real nulls (astropy's writer stores a mask as
+    a second column), and the table's YAML header (units, provenance) goes into the schema
+    metadata under ``table_meta_yaml``, where astropy's reader and :func:`_read_parquet` find it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table.meta import get_yaml_from_table
+
+    cols = {}
+    for name in table.colnames:
+        data = np.asarray(table[name])
+        null = np.isnan(data) if name in NULLABLE_COLUMNS and data.dtype.kind == "f" else None
+        cols[name] = pa.array(data, mask=null if null is not None and null.any() else None)
+    meta = {b"table_meta_yaml": "\n".join(get_yaml_from_table(table)).encode("utf-8")}
+    pq.write_table(pa.table(cols).replace_schema_metadata(meta), path)
+
+
 def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
     """ECSV written ``chunk`` rows at a time (astropy formats each chunk; the header once)."""
     import io
@@ -133,7 +171,7 @@ def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for start in range(0, max(n, 1), chunk):
             buf = io.StringIO()
-            table[start:start + chunk].write(buf, format="ascii.ecsv")
+            _with_nulls(table[start:start + chunk]).write(buf, format="ascii.ecsv")
             text = buf.getvalue()
             if start > 0:  # drop the YAML header and the column-name line
                 lines = text.splitlines(keepends=True)
@@ -163,7 +201,7 @@ def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = Non
                 _write_ecsv_chunked(table, tmp, chunk)
         elif fmt == "parquet":
             with atomic_path(path, suffix=".parquet") as tmp:
-                table.write(tmp, format="parquet", overwrite=True)
+                _write_parquet(table, tmp)
         else:
             raise InputError(f"--format: unknown format {fmt!r}")
     return paths
@@ -210,7 +248,7 @@ def read_catalog(path: str | os.PathLike):
         raise file_error(p, "catalogue is empty (0 bytes)")
     suffix = p.suffix.lower()
     try:
-        if suffix in (".fits", ".fit", ".fz"):
+        if is_fits(p):
             table = Table.read(p, hdu=1)
         elif suffix == ".ecsv":
             table = Table.read(p, format="ascii.ecsv")
@@ -221,6 +259,10 @@ def read_catalog(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
         raise file_error(p, f"not a readable catalogue ({first_line(exc)})") from None
     table.convert_bytestring_to_unicode()
+    for name in NULLABLE_COLUMNS:  # null scores (ECSV, Parquet) read back as NaN, as in FITS
+        col = table[name] if name in table.colnames else None
+        if col is not None and getattr(col, "mask", None) is not None and np.any(col.mask):
+            table[name] = np.where(np.asarray(col.mask), np.nan, np.asarray(col.filled(0), dtype=np.float64)).astype(col.dtype)
     for name in table.colnames:
         dt = table[name].dtype
         if dt.kind == "O":

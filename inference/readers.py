@@ -18,9 +18,16 @@ Kinds of input
     Per-band survey images with a WCS (one file per band, in the model's band order unless
     their ``FILTER``/``BAND`` header cards say otherwise) plus a source catalogue with RA/Dec
     (degrees, through the first band's WCS) or x/y (0-based pixel) columns. Cutouts of the
-    model's size are centred on round(x), round(y) (the centre pixel is at index H//2, W//2) and
-    cut through ``.section``, so tile-compressed (``CompImageHDU``) images are never
-    decompressed whole.
+    model's size are cut through ``.section``, so tile-compressed (``CompImageHDU``) images are
+    never decompressed whole.
+
+    **Centring convention** (the same everywhere in deepmine): a cutout's centre is the pixel
+    coordinate ((W−1)/2, (H−1)/2), where LensCrafter puts a centred lens and where a tile's
+    ``x``/``y`` point. Around a catalogue position (x, y) the reader takes the *nearest-centred*
+    cutout, exactly as :class:`astropy.nddata.Cutout2D` does: first column
+    ``x0 = ceil(x − W/2)`` (rows likewise), so the source lands within (−½, +½] pixel of the
+    cutout's centre; an exact tie (source half a pixel from two candidates) goes to the cutout
+    whose centre is left of/below the source, as in astropy.
 ``tiles``
     Sliding tiles of the model's size over the same kind of survey images, with a stride
     (default: the tile size). Tiles start at 0, stride, 2·stride, ... and cover the whole
@@ -44,6 +51,21 @@ Flags (int32 bitmask, the catalogue's ``flags`` column)
     At least one band, but not all, is constant or entirely masked.
 ``FLAG_SCORE_NONFINITE`` = 16
     The model returned a NaN/inf logit (set by the merge; such rows get NaN ordinality).
+``FLAG_OFF_IMAGE`` = 32
+    The catalogue position is not finite or the cutout lies wholly off the image: nothing to
+    score.
+
+Rows flagged ``BLANK`` or ``OFF_IMAGE`` are **not ranked**: their logit, probability and
+ordinalities are null (NaN in FITS, empty in ECSV, null in Parquet) and they do not count in
+anyone else's ordinality. Cutouts only partly off the edge stay ranked (``EDGE``).
+
+Pixel scale
+-----------
+Inputs with a celestial WCS (survey images, FITS cutouts in a directory: the first file's
+header) are checked against the model's pixel scale: more than 5 % apart is refused with one
+line naming both scales, unless ``check_pixel_scale=False`` (``deepmine scan
+--accept-pixel-scale``). Inputs without one (``.npy`` stacks, cubes, images without WCS) are
+accepted; ``spec.options["pixel_scale"]`` is then None and the scan summary says so.
 """
 from __future__ import annotations
 
@@ -64,19 +86,26 @@ FLAG_BLANK = 2
 FLAG_EDGE = 4
 FLAG_BAND_BLANK = 8
 FLAG_SCORE_NONFINITE = 16
+FLAG_OFF_IMAGE = 32
+#: Rows with any of these flags are not scored or ranked (null logit and ordinality).
+FLAG_UNRANKED = FLAG_BLANK | FLAG_OFF_IMAGE
+#: Largest relative difference between an input's WCS pixel scale and the model's.
+PIXEL_SCALE_TOLERANCE = 0.05
 FLAG_BITS = {
     "NONFINITE": (FLAG_NONFINITE, "NaN/inf pixels masked"),
     "BLANK": (FLAG_BLANK, "blank cutout: every band constant or masked"),
     "EDGE": (FLAG_EDGE, "partly off the image edge; padded with masked pixels"),
     "BAND_BLANK": (FLAG_BAND_BLANK, "some (not all) bands constant or masked"),
     "SCORE_NONFINITE": (FLAG_SCORE_NONFINITE, "model returned a NaN/inf logit"),
+    "OFF_IMAGE": (FLAG_OFF_IMAGE, "position not finite or wholly off the image: not scored"),
 }
 
 KINDS = ("npy", "fits_cube", "fits_dir", "survey", "tiles")
 
 __all__ = [
     "SourceSpec", "Block", "resolve_inputs", "read_block", "cutout_flags", "FLAG_BITS",
-    "FLAG_NONFINITE", "FLAG_BLANK", "FLAG_EDGE", "FLAG_BAND_BLANK", "FLAG_SCORE_NONFINITE",
+    "FLAG_NONFINITE", "FLAG_BLANK", "FLAG_EDGE", "FLAG_BAND_BLANK", "FLAG_SCORE_NONFINITE", "FLAG_OFF_IMAGE",
+    "FLAG_UNRANKED", "cutout_origin", "wcs_pixel_scale",
 ]
 
 
@@ -190,6 +219,51 @@ def cutout_flags(images: np.ndarray, flags: np.ndarray | None = None) -> np.ndar
 # ----------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------
+def cutout_origin(position, size: int) -> np.ndarray:
+    """First pixel index of the nearest-centred cutout of ``size`` pixels around ``position``.
+
+    The centring convention of the module docstring, the rule of
+    :func:`astropy.nddata.utils.overlap_slices` (``Cutout2D``): ``ceil(position − size/2)``,
+    so the cutout's centre ``origin + (size − 1)/2`` lies within (−½, +½] of ``position``.
+
+    >>> cutout_origin(np.array([31.0, 31.5, 32.0, 32.1]), 64).tolist()
+    [-1, 0, 0, 1]
+    """
+    return np.ceil(np.asarray(position, dtype=np.float64) - size / 2.0).astype(np.int64)
+
+
+def wcs_pixel_scale(header) -> float | None:
+    """Pixel scale (arcsec/pixel, geometric mean of the two axes) of a header's celestial WCS,
+    or None when it has none."""
+    if "CTYPE1" not in header:
+        return None
+    import warnings
+
+    from astropy.wcs import WCS
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(header, naxis=2)
+            if not wcs.has_celestial:
+                return None
+            scales = proj_plane_pixel_scales(wcs.celestial)
+    except Exception:  # noqa: BLE001 - an unreadable WCS is reported where positions are needed
+        return None
+    return float(np.sqrt(scales[0] * scales[1]) * 3600.0)
+
+
+def _check_pixel_scale(path, header, meta: ModelMetadata, check: bool) -> float | None:
+    scale = wcs_pixel_scale(header)
+    want = float(meta.pixel_scale)
+    if check and scale is not None and want > 0 and abs(scale / want - 1.0) > PIXEL_SCALE_TOLERANCE:
+        raise file_error(path, f"pixel scale {scale:.4g}\"/px (from its WCS) differs from the model's {want:.4g}\"/px "
+                               f"by more than {PIXEL_SCALE_TOLERANCE:.0%}; resample the image, or pass "
+                               "--accept-pixel-scale to scan it anyway")
+    return scale
+
+
 def _check_dtype(dtype: np.dtype, where) -> None:
     if dtype.kind not in "uif" or dtype.itemsize > 8:
         raise file_error(where, f"cannot scan pixels of dtype {dtype}; expected integers or floats")
@@ -290,11 +364,19 @@ def _resolve_fits_cube(p: Path, meta: ModelMetadata) -> SourceSpec:
     return SourceSpec("fits_cube", [str(p)], fit[0], str(p), {"hdu": k, "shape": list(shape), "stack": fit[1]})
 
 
-def _resolve_fits_dir(p: Path, meta: ModelMetadata) -> SourceSpec:
+def _resolve_fits_dir(p: Path, meta: ModelMetadata, check_scale: bool = True) -> SourceSpec:
     files = sorted(str(f) for f in p.iterdir() if f.is_file() and is_fits(f))
     if not files:
         raise file_error(p, f"directory holds no FITS cutouts ({', '.join(FITS_SUFFIXES)})")
-    return SourceSpec("fits_dir", files, len(files), str(p), {})
+    scale = None
+    try:
+        with _open_fits(files[0]) as hdul:
+            header = hdul[_image_hdu(hdul, files[0])].header
+    except InputError:
+        header = {}  # an unreadable first cutout is reported (or skipped) when it is read
+    if header:
+        scale = _check_pixel_scale(files[0], header, meta, check_scale)
+    return SourceSpec("fits_dir", files, len(files), str(p), {"pixel_scale": scale})
 
 
 _BAND_KEYS = ("BAND", "FILTER", "FILTER1", "FILTNAM")
@@ -315,8 +397,9 @@ def _band_of(header, bands: list[str]) -> str | None:
     return None
 
 
-def _resolve_images(paths: list[Path], meta: ModelMetadata) -> tuple[list[str], list[int], tuple[int, int]]:
-    """Band images in model band order, their image HDU indices and the common (ny, nx)."""
+def _resolve_images(paths: list[Path], meta: ModelMetadata, check_scale: bool = True):
+    """Band images in model band order, their image HDU indices, the common (ny, nx) and the
+    first image's WCS pixel scale (None without a celestial WCS)."""
     c = meta.channels
     if len(paths) != c:
         raise InputError(
@@ -333,7 +416,8 @@ def _resolve_images(paths: list[Path], meta: ModelMetadata) -> tuple[list[str], 
             if len(shape) != 2:
                 raise file_error(p, f"expected a 2-D survey image, got shape {shape}")
             band = _band_of(hdu.header, bands) or _band_of(hdul[0].header, bands)
-        found.append((str(p), k, shape, band))
+            scale = _check_pixel_scale(p, hdu.header, meta, check_scale)
+        found.append((str(p), k, shape, band, scale))
     shapes = {f[2] for f in found}
     if len(shapes) != 1:
         raise InputError("survey images: the band images differ in size "
@@ -343,7 +427,7 @@ def _resolve_images(paths: list[Path], meta: ModelMetadata) -> tuple[list[str], 
         found.sort(key=lambda f: bands.index(f[3]))
     elif all(b is not None for b in labelled) and any(b not in bands for b in labelled):
         raise InputError(f"survey images: header bands {labelled} do not match the model's bands {bands}")
-    return [f[0] for f in found], [f[1] for f in found], found[0][2]
+    return [f[0] for f in found], [f[1] for f in found], found[0][2], found[0][4]
 
 
 def _read_wcs(path: str, hdu: int):
@@ -363,10 +447,10 @@ def _read_wcs(path: str, hdu: int):
             raise file_error(path, f"unreadable WCS ({first_line(exc)})") from None
 
 
-def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col) -> SourceSpec:
+def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col, check_scale=True) -> SourceSpec:
     from astropy.table import Table
 
-    images, hdus, shape = _resolve_images(paths, meta)
+    images, hdus, shape, scale = _resolve_images(paths, meta, check_scale)
     cat = Path(catalog)
     if not cat.is_file():
         raise file_error(cat, "source catalogue not found")
@@ -393,12 +477,12 @@ def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col) -> Sour
             raise file_error(cat, f"--{opt.replace('_', '-')}: no column {col!r} (has {', '.join(names)})")
     if "ra_col" in cols and _read_wcs(images[0], hdus[0]) is None:
         raise file_error(images[0], "has no WCS in its header, so RA/Dec cannot be placed; pass --x-col/--y-col")
-    opts = {"hdus": hdus, "image_shape": list(shape), "catalog": str(cat), **cols}
+    opts = {"hdus": hdus, "image_shape": list(shape), "catalog": str(cat), "pixel_scale": scale, **cols}
     return SourceSpec("survey", images, len(table), str(cat), opts)
 
 
-def _resolve_tiles(paths, meta, tile, stride) -> SourceSpec:
-    images, hdus, shape = _resolve_images(paths, meta)
+def _resolve_tiles(paths, meta, tile, stride, check_scale=True) -> SourceSpec:
+    images, hdus, shape, scale = _resolve_images(paths, meta, check_scale)
     c, h, w = (int(v) for v in meta.input_shape)
     if tile is not None and int(tile) != h:
         raise InputError(f"--tile: the model takes {h}×{w} cutouts, so tiles must be {h} pixels, got {tile}")
@@ -410,7 +494,8 @@ def _resolve_tiles(paths, meta, tile, stride) -> SourceSpec:
     ny, nx = shape
     nty = -(-max(ny - h, 0) // s) + 1
     ntx = -(-max(nx - w, 0) // s) + 1
-    opts = {"hdus": hdus, "image_shape": [ny, nx], "tile": [h, w], "stride": s, "grid": [nty, ntx]}
+    opts = {"hdus": hdus, "image_shape": [ny, nx], "tile": [h, w], "stride": s, "grid": [nty, ntx],
+            "pixel_scale": scale}
     return SourceSpec("tiles", images, nty * ntx, images[0], opts)
 
 
@@ -426,6 +511,7 @@ def resolve_inputs(
     tile: int | None = None,
     stride: int | None = None,
     keep_going: bool = False,
+    check_pixel_scale: bool = True,
 ) -> tuple[list[SourceSpec], list[tuple[str, str]]]:
     """Describe the inputs of a scan, checking each against the model.
 
@@ -437,6 +523,8 @@ def resolve_inputs(
     catalog, ra_col, dec_col, x_col, y_col : source catalogue of a survey scan
     tile, stride : sliding-tile scan (tile must equal the model's cutout size)
     keep_going : skip unreadable inputs instead of raising; they are returned as skipped
+    check_pixel_scale : refuse inputs whose WCS pixel scale differs from the model's by more
+        than 5 % (False: accept them; see the module docstring)
 
     Returns
     -------
@@ -453,9 +541,9 @@ def resolve_inputs(
     if catalog is not None and (tile is not None or stride is not None):
         raise InputError("--catalog and --tile/--stride exclude each other: cut around sources or tile the image")
     if catalog is not None:
-        return [_resolve_survey(paths, metadata, catalog, ra_col, dec_col, x_col, y_col)], []
+        return [_resolve_survey(paths, metadata, catalog, ra_col, dec_col, x_col, y_col, check_pixel_scale)], []
     if tile is not None or stride is not None:
-        return [_resolve_tiles(paths, metadata, tile, stride)], []
+        return [_resolve_tiles(paths, metadata, tile, stride, check_pixel_scale)], []
     if any(v is not None for v in (ra_col, dec_col, x_col, y_col)):
         raise InputError("--ra-col/--dec-col/--x-col/--y-col need --catalog")
     specs, skipped = [], []
@@ -464,7 +552,7 @@ def resolve_inputs(
             if not p.exists():
                 raise file_error(p, "input not found")
             if p.is_dir():
-                specs.append(_resolve_fits_dir(p, metadata))
+                specs.append(_resolve_fits_dir(p, metadata, check_pixel_scale))
             elif p.stat().st_size == 0:
                 raise file_error(p, "file is empty")
             elif p.suffix.lower() == ".npy":
@@ -560,6 +648,8 @@ def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, 
         x, y = col(x_col), col(y_col)
         if wcs is not None and len(x):
             ra, dec = (np.asarray(v, np.float64) for v in wcs.all_pix2world(x, y, 0))
+            bad = ~(np.isfinite(x) & np.isfinite(y))
+            ra[bad], dec[bad] = np.nan, np.nan
         else:
             ra, dec = np.full(len(x), np.nan), np.full(len(x), np.nan)
     return x, y, ra, dec
@@ -587,9 +677,10 @@ def _read_survey(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata, b
         block.ra[:], block.dec[:] = ra[start:stop], dec[start:stop]
         block.x[:], block.y[:] = bx, by
         finite = np.isfinite(bx) & np.isfinite(by)
-        cx = np.where(finite, np.floor(np.where(finite, bx, 0) + 0.5), -10 * (w + nx)).astype(np.int64)
-        cy = np.where(finite, np.floor(np.where(finite, by, 0) + 0.5), -10 * (h + ny)).astype(np.int64)
-        x0s, y0s = cx - w // 2, cy - h // 2
+        x0s = np.where(finite, cutout_origin(np.where(finite, bx, 0.0), w), -10 * (w + nx)).astype(np.int64)
+        y0s = np.where(finite, cutout_origin(np.where(finite, by, 0.0), h), -10 * (h + ny)).astype(np.int64)
+        off = ~finite | (x0s + w <= 0) | (x0s >= nx) | (y0s + h <= 0) | (y0s >= ny)
+        block.flags[off] |= FLAG_OFF_IMAGE
     else:
         nty, ntx = o["grid"]
         s = o["stride"]
@@ -608,6 +699,9 @@ def _read_survey(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata, b
             try:
                 sec = hdul[k].section
                 for i in range(n):
+                    if block.flags[i] & FLAG_OFF_IMAGE:
+                        block.images[i, j] = np.nan
+                        continue
                     block.images[i, j], padded = _cut(sec, int(y0s[i]), int(x0s[i]), h, w, ny, nx)
                     if padded:
                         block.flags[i] |= FLAG_EDGE

@@ -62,6 +62,8 @@ class ScanResult:
     top : Path of the top-candidate catalogue (ECSV) or None; ``n_top`` its rows
     mosaic : Path of the mosaic PNG or None
     n_shards, n_resumed : shards in the plan, and those found complete (``resume``)
+    n_unranked : rows not ranked (blank cutouts, positions off the image: null scores)
+    notes : lines for the scan summary (inputs whose pixel scale could not be checked, ...)
     table : the catalogue (astropy Table)
     """
 
@@ -77,6 +79,8 @@ class ScanResult:
     mosaic: Path | None = None
     n_shards: int = 0
     n_resumed: int = 0
+    n_unranked: int = 0
+    notes: list = field(default_factory=list)
     table: object = field(default=None, repr=False)
 
 
@@ -126,15 +130,15 @@ def select_top(table, top: float | int | None, *, column: str | None = None):
 
     ``top`` < 1 is a fraction (ordinality > 1 − top, against the reference pool when the table
     has ``ordinality_ref``); ``top`` ≥ 1 a count of the highest logits. Rows with NaN scores or
-    the BLANK flag (no signal, meaningless score) are never selected.
+    a not-ranked flag (BLANK, OFF_IMAGE: no signal, no score) are never selected.
     """
-    from .readers import FLAG_BLANK
+    from .readers import FLAG_UNRANKED
 
     if top is None:
         top = DEFAULT_TOP_FRACTION
     col = column or ("ordinality_ref" if "ordinality_ref" in table.colnames else "ordinality")
     logit = np.asarray(table["logit"], dtype=np.float64)
-    finite = np.isfinite(logit) & ((np.asarray(table["flags"]) & FLAG_BLANK) == 0)
+    finite = np.isfinite(logit) & ((np.asarray(table["flags"]) & FLAG_UNRANKED) == 0)
     if isinstance(top, float) and top < 1:
         if not 0 < top < 1:
             raise InputError(f"--top: a fraction must be in (0, 1), got {top}")
@@ -201,6 +205,7 @@ def scan(
     stride: int | None = None,
     executor: Callable | None = None,
     stretch: str = "percentile",
+    check_pixel_scale: bool = True,
 ) -> ScanResult:
     """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
 
@@ -226,13 +231,15 @@ def scan(
     tile, stride : sliding-tile scan of survey images
     executor : where shards run (see the module docstring); None runs them here
     stretch : mosaic stretch (``"percentile"`` or ``"asinh"``)
+    check_pixel_scale : refuse inputs whose WCS pixel scale is more than 5 % off the model's
+        (False: scan them anyway; see :mod:`deepmine.inference.readers`)
     """
     from . import __version__
     from .atomic import check_writable
     from .catalog import catalog_paths, parse_formats, write_catalog
     from .model import get_model
     from .pool import ReferencePool
-    from .readers import FLAG_BITS, resolve_inputs
+    from .readers import FLAG_BITS, FLAG_UNRANKED, resolve_inputs
     from .shards import merge_parts, part_paths, plan_shards, run_shard, shard_done
 
     t0 = time.perf_counter()
@@ -250,7 +257,8 @@ def scan(
     if shard_size is None:
         shard_size = 16 * b
     specs, skipped = resolve_inputs(inputs, model.metadata, catalog=catalog, ra_col=ra_col, dec_col=dec_col,
-                                    x_col=x_col, y_col=y_col, tile=tile, stride=stride, keep_going=keep_going)
+                                    x_col=x_col, y_col=y_col, tile=tile, stride=stride, keep_going=keep_going,
+                                    check_pixel_scale=check_pixel_scale)
     if not specs:
         raise InputError("INPUT: nothing to scan (every input was skipped: "
                          + "; ".join(r for _, r in skipped) + ")")
@@ -311,6 +319,17 @@ def scan(
                         skipped=skipped, provider=model.provider, seconds=seconds,
                         rate=total / seconds if seconds > 0 else float("nan"), n_shards=len(shards),
                         n_resumed=n_resumed, table=table)
+    result.n_unranked = int(np.count_nonzero(np.asarray(table["flags"]) & FLAG_UNRANKED))
+    for spec in specs:
+        if spec.options.get("pixel_scale") is None:
+            result.notes.append(f"{spec.name}: no celestial WCS, so its pixel scale was not checked "
+                                f"(the model expects {model.metadata.pixel_scale:g}\"/px)")
+        elif not check_pixel_scale:
+            result.notes.append(f"{spec.name}: pixel scale {spec.options['pixel_scale']:.4g}\"/px accepted as given "
+                                f"(the model expects {model.metadata.pixel_scale:g}\"/px)")
+    if result.n_unranked:
+        result.notes.append(f"{result.n_unranked:,} rows not ranked (blank cutouts or positions off the image: "
+                            "null logit and ordinality, flags BLANK/OFF_IMAGE)")
     # every part is now in the catalogue: the parts folder can go
     for shard in shards:
         for p in part_paths(shard, folder):

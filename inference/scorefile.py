@@ -21,6 +21,7 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
         (``.fits``/``.fit``/``.fz``, ``.ecsv``, ``.parquet``, ``.csv``).
     column : str, optional
         Table column to read; by default the first of ``logit``, ``score``, ``probability``.
+        Rows of a scan catalogue flagged as not ranked (``BLANK``, ``OFF_IMAGE``) are left out.
 
     Raises
     ------
@@ -57,6 +58,12 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
         raise file_error(p, f"no column {column!r}; columns are: {', '.join(table.colnames)}")
     col = table[column]
     data = np.asarray(col.filled(np.nan) if hasattr(col, "filled") else col)
+    if "flags" in table.colnames and data.ndim == 1:
+        from .readers import FLAG_UNRANKED
+
+        # a deepmine scan catalogue: rows that were not ranked (blank, off the image) have
+        # null scores by design and take no part in any ranking
+        data = data[(np.asarray(table["flags"]) & FLAG_UNRANKED) == 0]
     if data.ndim != 1:
         raise file_error(p, f"column {column!r} is not 1-D (shape {data.shape})")
     if len(data) == 0:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError, file_error
-from .readers import FLAG_SCORE_NONFINITE, SourceSpec, read_block
+from .readers import FLAG_SCORE_NONFINITE, FLAG_UNRANKED, SourceSpec, read_block
 
 __all__ = ["Shard", "plan_shards", "run_shard", "merge_parts", "shard_done", "part_paths",
            "DEFAULT_SHARD_SIZE", "CATALOG_COLUMNS"]
@@ -211,7 +211,10 @@ def run_shard(
                 q.get_nowait()
             except queue.Empty:
                 worker.join(0.05)
-    bad = ~np.isfinite(logit)
+    unranked = (flags & FLAG_UNRANKED) != 0  # blank or off the image: nothing to score
+    logit[unranked] = np.nan
+    prob[unranked] = np.nan
+    bad = ~np.isfinite(logit) & ~unranked
     flags[bad] |= FLAG_SCORE_NONFINITE
     arrays = {
         "id": ids[valid], "source_idx": source_idx[valid], "index": index[valid],

@@ -40,6 +40,9 @@ def scan(
     mosaic: Optional[Path] = typer.Option(None, "--mosaic", help="Write a labelled PNG grid of the top candidates."),
     stretch: str = typer.Option("percentile", "--stretch", help="Mosaic stretch: percentile | asinh."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Skip unreadable files and list them."),
+    accept_pixel_scale: bool = typer.Option(
+        False, "--accept-pixel-scale", help="Scan images whose WCS pixel scale differs from the model's by more "
+        "than 5 % (refused by default: the model learnt sizes in pixels)."),
     formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet "
                                           "[default: fits,ecsv + parquet when pyarrow is installed]."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
@@ -68,11 +71,14 @@ def scan(
             keep_going=keep_going, progress=bar,
             formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
             y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
+            check_pixel_scale=not accept_pixel_scale,
         )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
         + (f"; resumed {result.n_resumed} of {result.n_shards} shards" if result.n_resumed else "")
     )
+    for note in result.notes:
+        err_console.print(f"note: {note}", markup=False)
     for path in result.catalogs.values():
         err_console.print(f"wrote catalogue  {path}")
     if result.top is not None:
