@@ -8,7 +8,8 @@ Pipeline (seed Figure 4.2): :func:`deflect` → :func:`compose` → :func:`shot_
 Parameter tables and priors: :func:`reference_lens_params`, :func:`sample_lens_params`
 (:mod:`.params` documents the columns). Batched synthesis: :func:`craft_lenses`,
 :func:`craft_negatives`. The field population around every scene (galaxies and stars from
-published counts, sizes and colours): :func:`field_population` (:mod:`.field`).
+published counts, sizes and colours): :func:`field_population` (:mod:`.field`). Arcs painted
+onto real galaxy cutouts: :func:`paint_arcs` (:mod:`.paint`).
 """
 # name → module; resolved on first access (PEP 562), so that importing a command module
 # (deepmine.lenscrafter.cli.*) for `deepmine --help` does not compile or load Numba.
@@ -22,6 +23,7 @@ _LAZY = {
     **dict.fromkeys(("magnitude_to_flux", "sersic", "sersic_amp_from_flux", "sersic_total_flux",
                      "sie_deflection"), ".profiles"),
     "craft_lenses": ".synth",
+    **dict.fromkeys(("arc_snr", "measure_light", "paint_arcs"), ".paint"),
     "field_population": ".field",
 }
 
