@@ -38,6 +38,47 @@ def check_writable(path: str | os.PathLike) -> Path:
     return p
 
 
+def check_outputs(outputs, inputs=(), overwrite: bool = False) -> list[Path]:
+    """The one check of what a command is about to write, before it reads or computes anything.
+
+    Parameters
+    ----------
+    outputs : paths the command will write (its sidecars included: the ECSV/Parquet siblings
+        of a catalogue, a ``_top.ecsv``, a mosaic, a pool...); None entries are skipped
+    inputs : paths the command reads (None skipped); directories cover the files inside them
+    overwrite : replace existing outputs (astropy's convention); never an input
+
+    Raises a one-line :class:`~deepmine.inference.errors.InputError` when an output is an
+    input (both resolved), two outputs are one file, an output exists and ``overwrite`` is
+    False, or its folder is missing or not writable. Returns the outputs as Paths.
+    """
+    ins = []
+    for q in inputs:
+        if q is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                ins.append((Path(q), Path(q).resolve()))
+    seen: dict[Path, Path] = {}
+    checked = []
+    for out in outputs:
+        if out is None:
+            continue
+        p = Path(out)
+        r = p.resolve()
+        for given, rq in ins:
+            if r == rq or rq in r.parents:
+                what = "the input" if r == rq else "a file inside the input folder"
+                raise file_error(p, f"would write over {what} {os.fspath(given)!r}; choose another output")
+        if r in seen:
+            raise file_error(p, f"is written twice by this command (also as {os.fspath(seen[r])!r}); "
+                             "choose different outputs")
+        seen[r] = p
+        check_writable(p)
+        if not overwrite and (p.exists() or p.is_symlink()):
+            raise file_error(p, "already exists; pass --overwrite to replace it")
+        checked.append(p)
+    return checked
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.

@@ -47,7 +47,7 @@ from .formats import is_fits
 
 FORMATS = ("fits", "ecsv", "parquet")
 SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
-_JSON_KEYS = ("DM_META", "DM_INPUT", "DM_SKIP", "DM_FLAGS")
+_JSON_KEYS = ("DM_META", "DM_INPUT", "DM_SKIP", "DM_FLAGS", "DM_WARN")
 
 __all__ = ["write_catalog", "read_catalog", "catalog_paths", "parse_formats", "FORMATS"]
 

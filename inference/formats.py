@@ -25,7 +25,7 @@ import numpy as np
 from .errors import file_error, first_line
 
 __all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "strip_suffix", "load_npy",
-           "open_stack"]
+           "open_stack", "PLOT_SUFFIXES", "check_plot_path"]
 
 #: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
 HSC_BANDS = ("i", "r", "g")
@@ -35,6 +35,17 @@ FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".f
 STACK_SUFFIXES = (".npy", *FITS_SUFFIXES)
 #: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV.
 TABLE_SUFFIXES = (*FITS_SUFFIXES, ".ecsv", ".parquet", ".csv")
+#: Figure files (``--plot``): the formats matplotlib writes without extra packages.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+
+
+def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> Path:
+    """Refuse a figure path whose suffix names no figure format, in one line naming ``option``."""
+    p = Path(path)
+    if p.suffix.lower() not in PLOT_SUFFIXES:
+        raise file_error(p, f"{option}: unknown figure format {p.suffix or '(no suffix)'!r}; use one of "
+                         + ", ".join(PLOT_SUFFIXES))
+    return p
 
 
 def is_fits(path: str | os.PathLike) -> bool:

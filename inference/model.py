@@ -70,7 +70,7 @@ class Model:
 
     Build it with :func:`load_model` (or :func:`get_model`). Attributes: ``metadata``,
     ``provider`` (the provider actually used), ``providers`` (all of the session's), ``path``,
-    ``sha256`` (``sha256:<hex>`` of the file), ``session``, ``input_name``, ``threads``,
+    ``sha256`` (``sha256:<hex>`` of the file), ``scoring_id`` (graph and weights only), ``session``, ``input_name``, ``threads``,
     ``device`` (as requested).
     """
 
@@ -96,6 +96,15 @@ class Model:
         if "logit" not in outs and "probability" not in outs:
             raise file_error(self.path, f"classifier has neither a 'logit' nor a 'probability' output (has {outs})")
         self.output_names = [n for n in ("logit", "probability") if n in outs]
+
+    @property
+    def scoring_id(self) -> str:
+        """The model's scoring identity (graph and weights only; :mod:`deepmine.inference.identity`)."""
+        if getattr(self, "_scoring_id", None) is None:
+            from .identity import scoring_identity
+
+            self._scoring_id = scoring_identity(self.path)
+        return self._scoring_id
 
     # ------------------------------------------------------------------------------------
     @property

@@ -76,6 +76,13 @@ def content_hash_of_bytes(data: bytes, key: str = HASH_KEY) -> tuple[str, str | 
     return "sha256:" + hashlib.sha256(b"".join(keep)).hexdigest(), stored
 
 
+def scoring_bytes(data: bytes) -> bytes:
+    """The serialised model without any ``metadata_props`` entry (field 14): graph, weights,
+    opsets and the rest, exactly as stored. See :func:`deepmine.inference.identity.scoring_identity`."""
+    return b"".join(data[start:end] for field, _w, start, _b, end in _fields(data)
+                    if field != _METADATA_PROPS_FIELD)
+
+
 def verify_content_hash(path: str | os.PathLike) -> dict:
     """``{"stored", "computed", "ok"}`` for a model file (``ok`` None when no hash is stored)."""
     try:

@@ -3,8 +3,11 @@
 Scans of different patches, nights or machines are only comparable when their ordinality is
 taken against the same pool of negatives scored by the same model. A pool is one FITS file:
 the primary HDU holds the sorted scores (1-D, float32 or float64, memory-mapped on load) and
-its header the provenance (``DMPOOL`` marker, ``NSCORES``, ``SCOREKND``, ``MODELHSH``, and the
-full provenance as JSON in ``PROVJSON``, long-string CONTINUE cards).
+its header the provenance (``DMPOOL`` marker, ``NSCORES``, ``SCOREKND``, ``DM_SCID`` — the
+scoring identity of the model that scored it, see :mod:`deepmine.inference.identity` —,
+``MODELHSH`` (the model file's sha256, when known) and the full provenance as JSON in
+``PROVJSON``, long-string CONTINUE cards). A pool with no recorded model (made from bare
+scores) is accepted by the scanner with a warning; one from another model is refused.
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ class ReferencePool:
         h["SCOREKND"] = str(self.provenance.get("score", "logit"))
         if "model_hash" in self.provenance:
             h["MODELHSH"] = str(self.provenance["model_hash"])[:68]
+        if self.provenance.get("scoring_id"):
+            h["DM_SCID"] = str(self.provenance["scoring_id"])  # a long-string (CONTINUE) card
         h["PROVJSON"] = json.dumps(self.provenance, sort_keys=True, default=str)
         with atomic_path(path, suffix=".fits") as tmp:
             hdu.writeto(tmp, overwrite=True)

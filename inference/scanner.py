@@ -90,12 +90,27 @@ def parts_dir(out: str | os.PathLike) -> Path:
     return p.with_name((p.stem if p.suffix else p.name) + ".parts")
 
 
+def _input_files(specs) -> list[str]:
+    """Every file the specs read: stacks, cutout files, band images, source catalogues."""
+    files = []
+    for s in specs:
+        files.extend(str(p) for p in s.paths)
+        if s.options.get("catalog"):
+            files.append(str(s.options["catalog"]))
+    return list(dict.fromkeys(files))
+
+
 def _plan_record(model, specs, shard_size, n_shards) -> dict:
-    return {"model_sha256": model.sha256, "inputs": [s.to_dict() for s in specs], "shard_size": int(shard_size),
-            "n_shards": n_shards}
+    from .identity import input_identity
+
+    return {"model_scoring_id": model.scoring_id, "model": str(model.path),
+            "inputs": [s.to_dict() for s in specs], "shard_size": int(shard_size), "n_shards": n_shards,
+            "input_identity": [input_identity(p) for p in _input_files(specs)]}
 
 
 def _prepare_parts(folder: Path, plan: dict, resume: bool) -> None:
+    from .identity import same_input
+
     plan_file = folder / "plan.json"
     if folder.exists() and any(folder.iterdir()):
         if not resume:
@@ -106,8 +121,25 @@ def _prepare_parts(folder: Path, plan: dict, resume: bool) -> None:
             old = json.loads(plan_file.read_text())
         except (OSError, ValueError):
             old = None
-        if old != json.loads(json.dumps(plan)):
-            raise file_error(folder, "cannot resume: this folder belongs to a scan with a different model, inputs "
+        if not isinstance(old, dict) or "model_scoring_id" not in old or "input_identity" not in old:
+            raise file_error(folder, "cannot resume: the folder's plan.json is missing or from an older deepmine "
+                             "(it does not record what the inputs held); delete the folder to start over")
+        if old["model_scoring_id"] != plan["model_scoring_id"]:
+            raise file_error(plan["model"], f"cannot resume {folder}: the model's graph or weights differ from "
+                             f"the interrupted scan's ({old.get('model')}); rerun with that model, or delete "
+                             "the folder to start over")
+        before = {r.get("path"): r for r in old["input_identity"]}
+        for now in plan["input_identity"]:
+            rec = before.get(now["path"])
+            if rec is not None and not same_input(rec, now):
+                raise file_error(now["path"], f"changed since the interrupted scan in {folder} (size, time or "
+                                 "content differ), so its completed shards are stale; delete the folder to "
+                                 "start over")
+        fixed = ("model_scoring_id", "input_identity", "model")
+        if {k: v for k, v in old.items() if k not in fixed} != json.loads(json.dumps(
+                {k: v for k, v in plan.items() if k not in fixed})) or set(before) != {
+                r["path"] for r in plan["input_identity"]}:
+            raise file_error(folder, "cannot resume: this folder belongs to a scan with different inputs "
                              "or --shard-size; rerun with the same ones, or delete the folder to start over")
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,6 +238,8 @@ def scan(
     executor: Callable | None = None,
     stretch: str = "percentile",
     check_pixel_scale: bool = True,
+    overwrite: bool = False,
+    allow_modified_model: bool = False,
 ) -> ScanResult:
     """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
 
@@ -233,11 +267,18 @@ def scan(
     stretch : mosaic stretch (``"percentile"`` or ``"asinh"``)
     check_pixel_scale : refuse inputs whose WCS pixel scale is more than 5 % off the model's
         (False: scan them anyway; see :mod:`deepmine.inference.readers`)
+    overwrite : replace existing outputs (catalogues, ``_top.ecsv``, mosaic); never an input
+    allow_modified_model : scan with a model whose stored content hash does not verify (the
+        catalogue records the mismatch in ``DM_WARN``)
+
+    Resume plans, catalogues (``DM_SCID``) and the reference-pool check use the model's scoring
+    identity (:mod:`deepmine.inference.identity`).
     """
     from . import __version__
-    from .atomic import check_writable
+    from .atomic import check_outputs
     from .catalog import catalog_paths, parse_formats, write_catalog
-    from .model import get_model
+    from .identity import check_content_hash, pool_model_check
+    from .model import get_model, resolve_model_path
     from .pool import ReferencePool
     from .readers import FLAG_BITS, FLAG_UNRANKED, resolve_inputs
     from .shards import merge_parts, part_paths, plan_shards, run_shard, shard_done
@@ -245,14 +286,23 @@ def scan(
     t0 = time.perf_counter()
     fmts = parse_formats(None) if formats is None else formats
     out_paths = catalog_paths(out, fmts)
-    for p in out_paths.values():
-        check_writable(p)
-    if mosaic is not None:
-        check_writable(mosaic)
+    first = next(iter(out_paths.values()))
+    top_out = first.with_name(first.stem + "_top.ecsv") if (top is not None or mosaic is not None) else None
+    read = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    read += [catalog, resolve_model_path(model_path), None if isinstance(reference, ReferencePool) else reference]
+    check_outputs(list(out_paths.values()) + [top_out, mosaic], read, overwrite)
+    warnings = []
+    note = check_content_hash(resolve_model_path(model_path), allow_modified_model)
+    if note:
+        warnings.append(note)
     pool = None
     if reference is not None:
         pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
     model = get_model(model_path, device, threads)
+    if pool is not None:
+        note = pool_model_check(pool, model)
+        if note:
+            warnings.append(note)
     b = model.batch_size(batch_size)
     if shard_size is None:
         shard_size = 16 * b
@@ -301,6 +351,7 @@ def scan(
     table.meta.update({
         "DM_MODEL": str(model.path),
         "DM_SHA": model.sha256,
+        "DM_SCID": model.scoring_id,
         "DM_META": json.loads(model.metadata.to_json()),
         "DM_VERS": __version__,
         "DM_INPUT": [s.summary() for s in specs],
@@ -314,11 +365,15 @@ def scan(
     })
     if pool is not None:
         table.meta["DM_REF"] = str(reference) if not isinstance(reference, ReferencePool) else "in-memory pool"
+        table.meta["DM_REFID"] = str(pool.provenance.get("scoring_id") or pool.provenance.get("model_hash") or "")
+    if warnings:
+        table.meta["DM_WARN"] = warnings
     written = write_catalog(table, out, fmts)
     result = ScanResult(catalog=next(iter(written.values())), catalogs=written, n_objects=len(table),
                         skipped=skipped, provider=model.provider, seconds=seconds,
                         rate=total / seconds if seconds > 0 else float("nan"), n_shards=len(shards),
                         n_resumed=n_resumed, table=table)
+    result.notes.extend(warnings)
     result.n_unranked = int(np.count_nonzero(np.asarray(table["flags"]) & FLAG_UNRANKED))
     for spec in specs:
         if spec.options.get("pixel_scale") is None:
@@ -341,8 +396,7 @@ def scan(
         work = table.copy(copy_data=False)
         work["spec_index"] = spec_index
         chosen = select_top(work, top)
-        stem = next(iter(written.values()))
-        top_path = stem.with_name(stem.stem + "_top.ecsv")
+        top_path = top_out
         out_top = chosen.copy()
         out_top.remove_column("spec_index")
         write_catalog(out_top, top_path, ["ecsv"])

@@ -80,3 +80,47 @@ def checked_scores(path, column=None, name: str | None = None) -> np.ndarray:
         return check_scores(data, name or str(path))
     except InputError as exc:
         raise InputError(str(exc)) from None
+
+
+def scoring_id_of(path: str | os.PathLike) -> str | None:
+    """The model scoring identity a scores file records, or None (a bare ``.npy``, a table
+    without one): ``DM_SCID`` of a scan catalogue (FITS header, ECSV or Parquet metadata),
+    ``scoring_id`` of a reference pool. Reads headers only."""
+    import json
+    import re
+
+    p = Path(path)
+    low = p.name.lower()
+    try:
+        if low.endswith((".fits", ".fit", ".fits.gz", ".fits.fz", ".fz")):
+            from astropy.io import fits
+
+            with fits.open(p, memmap=True) as hdul:
+                for hdu in hdul[:2]:
+                    h = hdu.header
+                    if h.get("DM_SCID"):
+                        return str(h["DM_SCID"])
+                    if "PROVJSON" in h:
+                        prov = json.loads(h["PROVJSON"])
+                        return prov.get("scoring_id") or prov.get("model_hash")
+            return None
+        if low.endswith(".ecsv"):
+            with open(p, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if not line.startswith("#"):
+                        return None
+                    m = re.match(r"#\s+DM_SCID:\s*'?([^'\s]+)'?", line)
+                    if m:
+                        return m.group(1)
+            return None
+        if low.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(p).metadata or {}
+            for value in meta.values():
+                m = re.search(rb"DM_SCID['\"]?:\s*['\"]?([^'\"\s,}]+)", value)
+                if m:
+                    return m.group(1).decode()
+    except Exception:  # noqa: BLE001 - an unreadable header records nothing; read_scores reports bad files
+        return None
+    return None

@@ -87,7 +87,10 @@ def test_rank_unwritable_plot_keeps_nothing_half_written(cli, scores):
     rc, _, err = cli("rank", d / "neg.npy", "-t", d / "tr.npy", "--plot", d / "no_such_dir" / "trc.png")
     _one_line_error(rc, err, "does not exist")
     (d / "trc.png").write_bytes(b"old")
-    rc, _, _ = cli("rank", d / "neg.npy", "-t", d / "tr.npy", "--plot", d / "trc.png")
+    rc, _, err = cli("rank", d / "neg.npy", "-t", d / "tr.npy", "--plot", d / "trc.png")
+    _one_line_error(rc, err, "already exists; pass --overwrite")
+    assert (d / "trc.png").read_bytes() == b"old"
+    rc, _, _ = cli("rank", d / "neg.npy", "-t", d / "tr.npy", "--plot", d / "trc.png", "--overwrite")
     assert rc == 0 and (d / "trc.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(d.glob(".trc.png*")), "temporary files left behind"
 

@@ -28,6 +28,7 @@ def rank(
         None, "--save-pool", help="Also store the negatives as a sorted reference pool (FITS) here."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON on stdout."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot / --save-pool file."),
 ) -> None:
     """Rank tracers against a pool of negatives: print the ranking performance (RP = 2·AUC − 1)
     and the fraction of tracers above the inspection cut; optionally plot the TRC.
@@ -35,12 +36,22 @@ def rank(
     Tracers are ranked against the pool, not inserted into it (seed 2.4, 4.6). Logits are
     preferred to probabilities, which saturate at 1.0 in float32 and tie the top candidates.
     """
+    from ..atomic import check_outputs
+    from ..errors import InputError
+    from ..formats import check_plot_path
     from ..pool import POOL_MARKER, ReferencePool
     from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
-    from ..scorefile import checked_scores
+    from ..scorefile import checked_scores, scoring_id_of
 
     existing_file(scores, "scores file")
     existing_file(tracers, "tracer file")
+    if plot is not None:
+        check_plot_path(plot)
+    check_outputs([save_pool, plot], [scores, tracers], overwrite)
+    neg_id, tr_id = scoring_id_of(scores), scoring_id_of(tracers)
+    if neg_id and tr_id and neg_id != tr_id:
+        raise InputError(f"{tracers}: the tracers were scored by another model ({tr_id}) than the negatives in "
+                         f"{scores} ({neg_id}); score both with the same model")
     negatives = None
     if scores.suffix.lower() in (".fits", ".fit"):
         from astropy.io import fits
@@ -65,7 +76,8 @@ def rank(
         "n_negatives": int(negatives.shape[0]),
     }
     if save_pool is not None:
-        ReferencePool.from_scores(negatives, source=str(scores), column=column or "auto").save(save_pool)
+        extra = {"scoring_id": neg_id} if neg_id else {}
+        ReferencePool.from_scores(negatives, source=str(scores), column=column or "auto", **extra).save(save_pool)
         result["pool"] = str(save_pool)
     if plot is not None:
         from ..trcplot import plot_trc

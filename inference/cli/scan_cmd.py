@@ -45,6 +45,11 @@ def scan(
         "than 5 % (refused by default: the model learnt sizes in pixels)."),
     formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet "
                                           "[default: fits,ecsv + parquet when pyarrow is installed]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (catalogues, _top.ecsv, "
+                                   "mosaic); an input is never written over."),
+    allow_modified_model: bool = typer.Option(
+        False, "--allow-modified-model", help="Scan with a model whose stored content hash does not verify "
+        "(recorded in the catalogue's DM_WARN)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
@@ -71,14 +76,16 @@ def scan(
             keep_going=keep_going, progress=bar,
             formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
             y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
-            check_pixel_scale=not accept_pixel_scale,
+            check_pixel_scale=not accept_pixel_scale, overwrite=overwrite,
+            allow_modified_model=allow_modified_model,
         )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
         + (f"; resumed {result.n_resumed} of {result.n_shards} shards" if result.n_resumed else "")
     )
     for note in result.notes:
-        err_console.print(f"note: {note}", markup=False)
+        err_console.print(f"{'warning' if note in result.table.meta.get('DM_WARN', []) else 'note'}: {note}",
+                          markup=False)
     for path in result.catalogs.values():
         err_console.print(f"wrote catalogue  {path}")
     if result.top is not None:
