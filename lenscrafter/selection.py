@@ -385,7 +385,7 @@ def run_cells(
         }
     )
     part.meta["DMSELPRT"] = PART_MARKER
-    part.meta["MODELHSH"] = model.sha256
+    part.meta["MODELHSH"] = model.scoring_id
     part.meta["PROVIDER"] = model.provider
     if part_path is not None:
         from deepmine.inference.atomic import atomic_path
@@ -437,7 +437,7 @@ def build_reference_pool(model, n: int = DEFAULT_POOL_SIZE, *, seed: int = 0, ba
         if progress is not None:
             progress(k)
     return ReferencePool.from_scores(
-        scores, model_hash=model.sha256, source="lenscrafter negatives", n_negatives=int(n), seed=int(seed),
+        scores, model_hash=model.sha256, scoring_id=model.scoring_id, source="lenscrafter negatives", n_negatives=int(n), seed=int(seed),
         created=_now(),
     )
 
@@ -475,7 +475,7 @@ def score_negatives_file(model, path, *, batch_size: int | None = None,
     if not np.all(np.isfinite(scores)):
         raise file_error(p, "the model gave NaN/inf scores for some negatives (corrupt cutouts?)")
     return ReferencePool.from_scores(
-        scores, model_hash=model.sha256, source=str(p),
+        scores, model_hash=model.sha256, scoring_id=model.scoring_id, source=str(p),
         source_sha256=file_sha256(p) if p.is_file() else None, n_negatives=int(scores.size),
         n_blank_skipped=blank, created=_now(),
     )
@@ -568,7 +568,8 @@ class SelectionFunction:
         t.meta["CUT"] = self.cut
         t.meta["LEVEL"] = self.level
         t.meta["NCELLS"] = self.grid.n_cells
-        t.meta["MODELHSH"] = str(self.provenance.get("model_sha256", ""))
+        # the scoring identity of the model (graph and weights; deepmine.inference.identity)
+        t.meta["MODELHSH"] = str(self.provenance.get("scoring_id") or self.provenance.get("model_sha256", ""))
         t.meta["GRIDJSON"] = self.grid.to_json()
         t.meta["PROVJSON"] = json.dumps(self.provenance, sort_keys=True, default=str)
         return t
@@ -690,7 +691,7 @@ def assemble(grid: SelectionGrid, parts: list, *, level: float = DEFAULT_LEVEL, 
 # --------------------------------------------------------------------------------------
 # the whole run
 # --------------------------------------------------------------------------------------
-def _manifest(grid, per_cell, seed, cut, part_lenses, model_sha, pool_scores) -> dict:
+def _manifest(grid, per_cell, seed, cut, part_lenses, model_id, pool_scores) -> dict:
     import hashlib
 
     return {
@@ -701,7 +702,7 @@ def _manifest(grid, per_cell, seed, cut, part_lenses, model_sha, pool_scores) ->
         "cut": float(cut),
         "part_lenses": int(part_lenses),
         "craft_lenses": CRAFT_LENSES,
-        "model_sha256": model_sha,
+        "model_scoring_id": model_id,
         "pool_sha256": "sha256:" + hashlib.sha256(np.ascontiguousarray(pool_scores).tobytes()).hexdigest(),
     }
 
@@ -795,11 +796,9 @@ def selection_function(
     t_start = time.perf_counter()
     model = get_model(model_path, device=device, threads=threads)
     ref = _get_pool(pool)
-    if ref.provenance.get("model_hash") not in (None, model.sha256):
-        raise InputError(
-            f"--reference: the pool was scored with another model ({ref.provenance.get('model_hash')}); "
-            f"score the negatives with {Path(model_path).name} (omit --reference, or give --negatives)"
-        )
+    from deepmine.inference.identity import pool_model_check
+
+    pool_warning = pool_model_check(ref, model)
     if len(ref) * (1.0 - cut) < 1.0:
         raise InputError(
             f"--cut {cut}: the reference pool holds {len(ref)} negatives, fewer than one above the cut; "
@@ -811,7 +810,8 @@ def selection_function(
     workdir = Path(workdir) if workdir is not None else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-        _check_manifest(workdir, _manifest(grid, per_cell, seed, cut, part_lenses, model.sha256, ref.scores), resume)
+        _check_manifest(workdir, _manifest(grid, per_cell, seed, cut, part_lenses, model.scoring_id, ref.scores),
+                        resume)
 
     def part_file(cells):
         return _part_file(workdir, cells)
@@ -824,7 +824,8 @@ def selection_function(
         if resume and pf is not None and pf.exists():
             try:
                 t = Table.read(pf, format="fits")
-                if t.meta.get("DMSELPRT") == PART_MARKER and np.array_equal(np.asarray(t["cell"]), cells):
+                if (t.meta.get("DMSELPRT") == PART_MARKER and t.meta.get("MODELHSH") == model.scoring_id
+                        and np.array_equal(np.asarray(t["cell"]), cells)):
                     results.append(t)
                     if progress is not None:
                         progress(int(cells.size))
@@ -847,6 +848,7 @@ def selection_function(
     prov = {
         "model": str(model_path),
         "model_sha256": model.sha256,
+        "scoring_id": model.scoring_id,
         "architecture": model.metadata.architecture,
         "provider": model.provider,
         "threads": threads,
@@ -864,6 +866,8 @@ def selection_function(
         "created": _now(),
         "deepmine_version": __version__,
     }
+    if pool_warning:
+        prov["warnings"] = [pool_warning]
     sel = assemble(grid, results, level=level, provenance=prov)
     if out is not None:
         sel.save(out)

@@ -119,6 +119,11 @@ class GridAxis:
         return lo + (hi - lo) * u
 
 
+#: Most cells a grid may have (the product of its bins), checked before anything is allocated:
+#: a cell list of this length takes 80 MB, and 10^7 cells hold 4·10^7 lenses at 4 per cell.
+MAX_CELLS = 10_000_000
+
+
 @dataclass
 class SelectionGrid:
     """Axes, the rule for the other parameters, and the default lenses per cell.
@@ -163,6 +168,10 @@ class SelectionGrid:
             raise InputError(f"selection grid: sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         if int(self.per_cell) < 1:
             raise InputError(f"selection grid: per_cell must be >= 1, got {self.per_cell}")
+        n = math.prod(int(a.bins) for a in self.axes)
+        if n > MAX_CELLS:
+            raise InputError(f"selection grid: {' × '.join(str(a.bins) for a in self.axes)} = {n:,} cells, over the "
+                             f"limit of {MAX_CELLS:,}; use fewer bins")
 
     # -- geometry -----------------------------------------------------------------------
     @property
@@ -171,7 +180,7 @@ class SelectionGrid:
 
     @property
     def n_cells(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(int(b) for b in self.shape)
 
     @property
     def names(self) -> list:

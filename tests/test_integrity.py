@@ -255,3 +255,55 @@ def test_scan_never_writes_over_inputs_or_existing_outputs(tmp_path, toy, cli, c
     if case == "existing":
         rc, _, err = cli("scan", tmp_path / "a.npy", "--model", toy, *args, "--overwrite")
         assert rc == 0, err and len(read_catalog(tmp_path / "old.ecsv")) == 20
+
+
+# -- selection: outputs, models, sizes --------------------------------------------------
+HUGE_GRID = """
+[axes.theta_e]
+range = [0.3, 6.0]
+bins = 100000
+[axes.m_arc]
+range = [18, 27]
+bins = 100000
+"""
+
+
+def test_selection_grid_too_big_is_refused_before_allocating(tmp_path, cli):
+    (tmp_path / "huge.toml").write_text(HUGE_GRID)
+    before = digests(tmp_path)
+    rc, out, err = cli("selection", "--out", tmp_path / "sel.fits", "--grid", tmp_path / "huge.toml", "--dry-run")
+    line = one_line(err)
+    assert rc == 2 and "100000 × 100000 = 10,000,000,000 cells, over the limit" in line
+    assert digests(tmp_path) == before
+
+
+def test_selection_refuses_bad_plot_input_outputs_and_modified_model(tmp_path, toy, cli):
+    (tmp_path / "g.toml").write_text('[axes.theta_e]\nrange = [0.3, 6.0]\nbins = 2\n')
+    good = stamped(toy, tmp_path / "good.onnx")
+    bad = tampered(good, tmp_path / "bad.onnx")
+    (tmp_path / "sel.ecsv").write_text("# an earlier table\n")
+    base = ("selection", "--grid", tmp_path / "g.toml", "--per-cell", 1, "--pool-size", 10)
+    cases = [
+        (("--model", good, "--out", tmp_path / "s.fits", "--plot", tmp_path / "c.xyz"), "unknown figure format '.xyz'"),
+        (("--model", good, "--out", tmp_path / "s.fits", "--save-pool", tmp_path / "g.toml"),
+         "would write over the input"),
+        (("--model", good, "--out", tmp_path / "s.fits", "--save-pool", good), "would write over the input"),
+        (("--model", good, "--out", tmp_path / "sel.fits"), "sel.ecsv: already exists; pass --overwrite"),
+        (("--model", bad, "--out", tmp_path / "s.fits"), "bad.onnx: content hash does not verify"),
+    ]
+    before = digests(tmp_path)
+    for args, message in cases:
+        rc, _, err = cli(*base, *args)
+        assert rc == 2 and message in one_line(err), (args, err)
+        assert digests(tmp_path) == before
+
+
+def test_rank_plot_suffix_and_models_of_tracers(tmp_path, cli):
+    np.save(tmp_path / "n.npy", np.linspace(-2, 2, 300))
+    np.save(tmp_path / "t.npy", np.linspace(0, 3, 30))
+    before = digests(tmp_path)
+    rc, _, err = cli("rank", tmp_path / "n.npy", "-t", tmp_path / "t.npy", "--plot", tmp_path / "x.xyz")
+    assert rc == 2 and "x.xyz: --plot: unknown figure format '.xyz'" in one_line(err)
+    rc, _, err = cli("rank", tmp_path / "n.npy", "-t", tmp_path / "t.npy", "--save-pool", tmp_path / "t.npy")
+    assert rc == 2 and "would write over the input" in one_line(err)
+    assert digests(tmp_path) == before

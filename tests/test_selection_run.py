@@ -167,7 +167,7 @@ def test_pool_too_small_or_from_another_model(files, tmp_path):
     with pytest.raises(InputError, match="fewer than one above the cut"):
         selection_function(files["model"], g, pool=ReferencePool.from_scores(np.arange(50.0)), cut=0.995)
     other = ReferencePool.from_scores(np.arange(5000.0), model_hash="sha256:0000")
-    with pytest.raises(InputError, match="scored with another model"):
+    with pytest.raises(InputError, match="scored by another model \\(sha256:0000\\) than ring.onnx"):
         selection_function(files["model"], g, pool=other)
 
 
@@ -260,6 +260,8 @@ def test_cli_resume_reuses_parts_and_pool(cli, files, tmp_path):
     # a part holds whole craft chunks (1024 lenses = 256 cells of 4 here): one part
     assert (work / "pool.fits").is_file() and len(list(work.glob("part-*.fits"))) == 1
     rc, _, err = cli(*args, "--resume")
+    assert rc == 2 and "sel.fits: already exists; pass --overwrite" in err
+    rc, _, err = cli(*args, "--resume", "--overwrite")
     assert rc == 0, err
     again = SelectionFunction.load(out)
     assert again.provenance["parts_resumed"] == again.provenance["parts"] == 1

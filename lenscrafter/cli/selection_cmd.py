@@ -45,6 +45,11 @@ def selection(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Scan batch size (default 256)."),
     keep_parts: bool = typer.Option(False, "--keep-parts", help="Keep the part files after a successful run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and its size, write nothing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (table, its .ecsv, plots, "
+                                   "--save-pool); an input is never written over."),
+    allow_modified_model: bool = typer.Option(
+        False, "--allow-modified-model", help="Use a model whose stored content hash does not verify (recorded in "
+        "the table's provenance)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
@@ -76,6 +81,10 @@ def selection(
         raise InputError(f"--cut: must lie in [0, 1), got {cut}")
     if part_lenses < 1:
         raise InputError(f"--part-lenses: must be at least 1, got {part_lenses}")
+    if plot is not None:
+        from deepmine.inference.formats import check_plot_path
+
+        check_plot_path(plot)
     g = read_grid(existing_file(grid, "grid file")) if grid is not None else default_grid()
     n_cell = int(per_cell or g.per_cell)
     n_lenses = g.n_cells * n_cell
@@ -83,15 +92,19 @@ def selection(
         out_console.print(g.describe())
         out_console.print(f"{n_cell} lenses per cell → {n_lenses:,} lenses in {len(plan_parts(g, n_cell, part_lenses))} parts")
         return
-    from deepmine.inference.atomic import check_writable
+    from deepmine.inference.atomic import check_outputs
+    from deepmine.inference.identity import check_content_hash
     from deepmine.inference.model import get_model, resolve_model_path
     from deepmine.inference.pool import ReferencePool
+    from deepmine.lenscrafter.selection_plot import completeness_path
 
     out = Path(out)
-    check_writable(out)
-    if plot is not None:
-        check_writable(plot)
     model_path = resolve_model_path(model)
+    stem = out.with_suffix("") if out.suffix.lower() in (".fits", ".fit", ".ecsv") else out
+    check_outputs([stem.with_suffix(".fits"), stem.with_suffix(".ecsv"), plot,
+                   None if plot is None else completeness_path(plot), save_pool],
+                  [model_path, grid, reference, negatives], overwrite)
+    modified = check_content_hash(model_path, allow_modified_model)
     m = get_model(model_path, device=device, threads=threads)
     work = Path(workdir) if workdir is not None else out.with_name(out.stem + ".parts")
     work.mkdir(parents=True, exist_ok=True)
@@ -105,8 +118,8 @@ def selection(
         # a pool this command crafted before with the same model, seed and size: reuse it
         pool = ReferencePool.load(pool_path)
         prov = pool.provenance
-        if (prov.get("model_hash"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != (
-                m.sha256, seed, pool_size, "lenscrafter negatives"):
+        if (prov.get("scoring_id"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != (
+                m.scoring_id, seed, pool_size, "lenscrafter negatives"):
             pool = None
     else:
         pool = None
@@ -141,11 +154,15 @@ def selection(
             map_parts=run.map_parts,
         )
     sel.provenance["pool_file"] = str(reference or pool_path)
+    if modified:
+        sel.provenance.setdefault("warnings", []).append(modified)
+    for warning in sel.provenance.get("warnings", []):
+        err_console.print(f"warning: {warning}", markup=False)
     sel.provenance["pool_s"] = t_pool
     written = sel.save(out)
     plots = []
     if plot is not None:
-        from deepmine.lenscrafter.selection_plot import completeness_path, plot_completeness, plot_corner
+        from deepmine.lenscrafter.selection_plot import plot_completeness, plot_corner
 
         plots = [plot_corner(sel, plot), plot_completeness(sel, completeness_path(plot))]
     if not keep_parts:
