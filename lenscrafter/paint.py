@@ -7,9 +7,10 @@ ellipticals, chapter 2). :func:`paint_arcs` does this for a stack of real cutout
 1. :func:`measure_light` finds each galaxy: the sky of every band is the median of the cutout's
    border (``border`` pixels wide) and its noise 1.4826 × the border's median absolute
    deviation; the centre is the light-weighted centroid (first moments) of the i band above the
-   sky, in a Gaussian window that follows the centroid until it stops moving (SExtractor's
-   windowed positions, so neighbours near the edge do not pull it); axis ratio and angle come
-   from the window-corrected second moments of the same light.
+   sky (pixels more than 1σ above it), in a Gaussian window (σ 0.6″) that starts on the light's
+   local maximum reached uphill from the cutout centre and follows the centroid until it stops
+   moving (SExtractor's windowed positions: exact for a symmetric galaxy, and neighbours do not
+   pull it); axis ratio and angle come from the window-corrected second moments of that light.
 2. The mass is an SIE centred on that centroid (sub-pixel positions are kept: the deflector
    sits at the centroid in arcsec from the cutout centre ((W−1)/2, (H−1)/2), the convention of
    ``docs/formats.md``). θ_E is drawn from ``theta_e`` (default uniform 0.8–2.8″); with
@@ -95,31 +96,60 @@ def sky_level(cutouts, border: int = 4) -> tuple[np.ndarray, np.ndarray]:
     return sky, sigma
 
 
+def _climb(light: np.ndarray, x: float, y: float, max_steps: int) -> tuple[int, int]:
+    """Steepest ascent over the 3×3-smoothed light from the pixel nearest (x, y) to a local maximum."""
+    h, w = light.shape
+    p = np.pad(light, 1)
+    sm = sum(p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    r, c = int(round(y)), int(round(x))
+    for _ in range(max_steps):
+        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, h), max(c - 1, 0), min(c + 2, w)
+        win = sm[r0:r1, c0:c1]
+        k = int(np.argmax(win))
+        nr, nc = r0 + k // win.shape[1], c0 + k % win.shape[1]
+        if win.flat[k] <= sm[r, c]:
+            break
+        r, c = nr, nc
+    return c, r
+
+
 def _moments(img, sky, sigma, s_w, nsigma, max_iter, tol):
-    """Windowed centroid and window-corrected second moments of one band (pixel units)."""
+    """Windowed centroid and window-corrected second moments of one band (pixel units).
+
+    The window starts on the local maximum of the light reached by steepest ascent from the
+    cutout centre (so it stays on the galaxy the cutout is centred on, not on a brighter
+    neighbour) and follows the centroid; a centroid more than 2 window sigmas from that peak
+    (a neighbour pulling) is replaced by the centroid of one window on the peak.
+    """
     h, w = img.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     light = img - sky
     light = np.where(light > nsigma * sigma, light, 0.0)
-    xc, yc = (w - 1) / 2.0, (h - 1) / 2.0
-    found = False
-    for _ in range(max_iter):
+    if not light.any():
+        return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
+    px, py = _climb(light, (w - 1) / 2.0, (h - 1) / 2.0, max(h, w))
+
+    def window_at(xc, yc):
         wgt = light * np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2.0 * s_w * s_w))
         tot = wgt.sum()
+        return wgt, tot
+
+    xc, yc = float(px), float(py)
+    for _ in range(max_iter):
+        wgt, tot = window_at(xc, yc)
         if not tot > 0:
             break
-        found = True
         nx, ny = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
-        # keep the window on the cutout's own galaxy: a centroid may not wander off the frame
-        nx, ny = min(max(nx, 0.0), w - 1.0), min(max(ny, 0.0), h - 1.0)
         moved = math.hypot(nx - xc, ny - yc)
         xc, yc = nx, ny
         if moved < tol:
             break
-    if not found:
+    if not math.hypot(xc - px, yc - py) <= 2.0 * s_w:
+        wgt, tot = window_at(px, py)
+        xc, yc = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
+    wgt, tot = window_at(xc, yc)
+    if not tot > 0:
         return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
-    wgt = light * np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2.0 * s_w * s_w))
-    tot = wgt.sum()
     dx, dy = xx - xc, yy - yc
     m = np.array([[(wgt * dx * dx).sum(), (wgt * dx * dy).sum()],
                   [(wgt * dx * dy).sum(), (wgt * dy * dy).sum()]]) / tot
@@ -137,7 +167,7 @@ def _moments(img, sky, sigma, s_w, nsigma, max_iter, tol):
 
 
 def measure_light(cutouts, *, pixel_scale: float = PIXEL_SCALE, band: int = 0, border: int = 4,
-                  window: float = 1.0, nsigma: float = 1.0, max_iter: int = 100, tol: float = 1e-6) -> Table:
+                  window: float = 0.6, nsigma: float = 1.0, max_iter: int = 100, tol: float = 1e-6) -> Table:
     """Centroid, shape and sky of the galaxy in each cutout (see the module docstring).
 
     Parameters
@@ -152,7 +182,7 @@ def measure_light(cutouts, *, pixel_scale: float = PIXEL_SCALE, band: int = 0, b
     border : int
         Width (pixels) of the frame from which sky and sky noise are taken.
     window : float
-        Sigma of the Gaussian window of the moments, arcsec (1″ = 6 HSC pixels).
+        Sigma of the Gaussian window of the moments, arcsec (0.6″ = 3.6 HSC pixels).
     nsigma : float
         Only pixels more than ``nsigma`` × the sky noise above the sky carry weight.
     max_iter, tol : iterations of the window and their stopping step (pixels).
@@ -323,7 +353,7 @@ def _draw_lens(i, index, seed, te_kind, te_spec, light_row, follow_light, source
 def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POINT, gain=HSC["gain"],
                psf=None, seed: int = 0, index_offset: int = 0, theta_e=THETA_E_DEFAULT,
                follow_light: bool = True, centers=None, sky_sigma=None, arc_noise: bool = True,
-               supersample: int = 1, bands=BANDS, border: int = 4, window: float = 1.0,
+               supersample: int = 1, bands=BANDS, border: int = 4, window: float = 0.6,
                return_arcs: bool = False, **source):
     """Paint a LensCrafter arc around the galaxy of every real cutout.
 
