@@ -94,8 +94,24 @@ def _fits_header_cards(meta: dict) -> list[tuple[str, object]]:
             value = json.dumps(value, sort_keys=True, default=str)
         elif isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, default=str)
+        if isinstance(value, str) and not value.isascii():
+            # FITS cards are ASCII: a non-ASCII path (``cut outs ✓.npy``) is kept as \u escapes
+            value = value.encode("ascii", "backslashreplace").decode("ascii")
         cards.append((key, value))
     return cards
+
+
+def _ascii_safe_columns(table):
+    """``table`` with str columns holding non-ASCII text (file names) as UTF-8 bytes, which
+    FITS stores as is and :func:`read_catalog` decodes back; no copy when all text is ASCII."""
+    out = table
+    for name in table.colnames:
+        col = np.asarray(table[name])
+        if col.dtype.kind == "U" and col.size and not all(str(v).isascii() for v in np.unique(col)):
+            if out is table:
+                out = table.copy(copy_data=False)
+            out[name] = np.char.encode(col, "utf-8")
+    return out
 
 
 def _write_fits_chunked(table, path: Path, chunk: int) -> None:
@@ -104,7 +120,7 @@ def _write_fits_chunked(table, path: Path, chunk: int) -> None:
     column has one width for the whole table), so the rows are those of ``table_to_hdu(table)``."""
     from astropy.io import fits
 
-    plain = table.copy(copy_data=False)
+    plain = _ascii_safe_columns(table.copy(copy_data=False))
     plain.meta = {}
     n = len(plain)
     hdu = fits.table_to_hdu(plain[:0])

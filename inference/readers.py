@@ -626,6 +626,44 @@ def _read_one_fits_cutout(path: str, meta: ModelMetadata) -> np.ndarray:
     return arr.reshape(tuple(meta.input_shape))
 
 
+def _sky_columns(table, ra_col: str, dec_col: str, catalog: str, col) -> tuple[np.ndarray, np.ndarray]:
+    """RA, Dec in degrees from a source catalogue: numbers in degrees, or strings read by
+    :class:`astropy.coordinates.SkyCoord` — degrees (``"150.1"``) or sexagesimal (RA in hours
+    ``"10:00:24.0"`` / ``"10h00m24s"``, Dec in degrees ``"+02:12:00"``). Blank entries are NaN."""
+    ra_c, dec_c = table[ra_col], table[dec_col]
+    if np.asarray(ra_c).dtype.kind not in "USO" and np.asarray(dec_c).dtype.kind not in "USO":
+        return col(ra_col), col(dec_col)
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
+    def text(c):
+        vals = np.ma.asarray(c)
+        mask = np.ma.getmaskarray(vals)
+        out = np.array([("" if m else str(v)).strip() for v, m in zip(vals.data, mask)], dtype=object)
+        return out
+
+    ras, decs = text(ra_c), text(dec_c)
+    ok = (ras != "") & (decs != "")
+    ra = np.full(len(ras), np.nan)
+    dec = np.full(len(ras), np.nan)
+    if ok.any():
+        r, d = ras[ok].astype(str), decs[ok].astype(str)
+        sexagesimal = any((":" in v) or ("h" in v.lower()) or (" " in v) for v in r[:100])
+        unit = (u.hourangle, u.deg) if sexagesimal else (u.deg, u.deg)
+        try:
+            c = SkyCoord(r, d, unit=unit)
+        except Exception:  # noqa: BLE001 - find the first row astropy cannot read, for the message
+            for i in np.flatnonzero(ok):
+                try:
+                    SkyCoord(ras[i], decs[i], unit=unit)
+                except Exception as exc:  # noqa: BLE001
+                    raise file_error(catalog, f"row {i}: cannot read RA/Dec {ras[i]!r}, {decs[i]!r} as degrees or "
+                                     f"sexagesimal ({first_line(exc)})") from None
+            raise
+        ra[ok], dec[ok] = c.ra.deg, c.dec.deg
+    return ra, dec
+
+
 @functools.lru_cache(maxsize=4)
 def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, x_col, y_col):
     """(x, y, ra, dec) float64 arrays of a source catalogue (cached per process)."""
@@ -637,11 +675,14 @@ def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, 
         raise file_error(catalog, f"not a readable catalogue ({first_line(exc)})") from None
 
     def col(name):
-        return np.asarray(np.ma.filled(np.ma.asarray(table[name], dtype=np.float64), np.nan), dtype=np.float64)
+        try:
+            return np.asarray(np.ma.filled(np.ma.asarray(table[name], dtype=np.float64), np.nan), dtype=np.float64)
+        except (ValueError, TypeError):
+            raise file_error(catalog, f"column {name!r} is not numeric (first value {table[name][0]!r})") from None
 
     wcs = _read_wcs(image, hdu)
     if ra_col is not None:
-        ra, dec = col(ra_col), col(dec_col)
+        ra, dec = _sky_columns(table, ra_col, dec_col, catalog, col)
         x, y = wcs.all_world2pix(ra, dec, 0) if len(ra) else (ra.copy(), dec.copy())
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     else:

@@ -307,3 +307,60 @@ def test_rank_plot_suffix_and_models_of_tracers(tmp_path, cli):
     rc, _, err = cli("rank", tmp_path / "n.npy", "-t", tmp_path / "t.npy", "--save-pool", tmp_path / "t.npy")
     assert rc == 2 and "would write over the input" in one_line(err)
     assert digests(tmp_path) == before
+
+
+# -- item 6: crashes become one line, or work ---------------------------------------------
+def test_unicode_input_path_scans_and_round_trips(tmp_path, toy, cli):
+    src = tmp_path / "cut outs ✓.npy"
+    np.save(src, blobs(12, shape=(3, 16, 16), seed=9))
+    rc, _, err = cli("scan", src, "--model", toy, "--out", tmp_path / "ü.fits", "--top", 3)
+    assert rc == 0, err
+    for suffix in (".fits", ".ecsv", ".parquet"):
+        t = read_catalog(tmp_path / f"ü{suffix}")
+        assert set(t["source"]) == {str(src)} and t.meta["DM_INPUT"][0]["name"] == str(src)
+    assert not (tmp_path / "ü.parts").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_top_nan_is_one_line(tmp_path, toy, cli, value):
+    np.save(tmp_path / "a.npy", blobs(4, shape=(3, 16, 16)))
+    before = digests(tmp_path)
+    rc, _, err = cli("scan", tmp_path / "a.npy", "--model", toy, "--out", tmp_path / "c.ecsv", "--top", value)
+    assert rc == 2 and f"--top: expected a fraction in (0, 1) or a count, got {value!r}" in one_line(err)
+    assert digests(tmp_path) == before
+
+
+def test_sexagesimal_catalogue_positions_and_catalogue_never_overwritten(tmp_path, toy, cli):
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+    from test_scan_readers import META, _all, _survey
+
+    from deepmine.inference.readers import resolve_inputs
+
+    _, paths, w = _survey(tmp_path)
+    xs, ys = np.array([30.2, 60.4, 99.0]), np.array([40.3, 20.6, 79.0])
+    ra, dec = w.all_pix2world(xs, ys, 0)
+    c = SkyCoord(ra, dec, unit="deg")
+    Table({"ra": ra, "dec": dec}).write(tmp_path / "deg.ecsv")
+    Table({"ra": c.ra.to_string(unit="hourangle", sep=":", precision=4),
+           "dec": c.dec.to_string(sep=":", precision=3, alwayssign=True)}).write(tmp_path / "targets.ecsv")
+    Table({"ra": [f"{v:.8f}" for v in ra], "dec": [f"{v:.8f}" for v in dec]}).write(tmp_path / "degstr.ecsv")
+    images = [paths[b] for b in "irg"]
+    ref = _all(resolve_inputs(images, META, catalog=tmp_path / "deg.ecsv")[0][0])
+    for name in ("targets.ecsv", "degstr.ecsv"):
+        b = _all(resolve_inputs(images, META, catalog=tmp_path / name)[0][0])
+        np.testing.assert_allclose(b.ra, ref.ra, atol=1e-5)
+        np.testing.assert_allclose(b.x, xs, atol=0.01)
+    Table({"ra": ["10:00:00", "garbage"], "dec": ["+02:00:00", "+02:00:00"]}).write(tmp_path / "bad.ecsv")
+    with pytest.raises(InputError, match=r"bad.ecsv: row 1: cannot read RA/Dec 'garbage'"):
+        _all(resolve_inputs(images, META, catalog=tmp_path / "bad.ecsv")[0][0])
+    # the case: --out targets.fits would have replaced targets.ecsv (its ECSV side output)
+    before = digests(tmp_path)
+    rc, _, err = cli("scan", *images, "--catalog", tmp_path / "targets.ecsv", "--model", toy,
+                     "--out", tmp_path / "targets.fits")
+    assert rc == 2 and "targets.ecsv: would write over the input" in one_line(err)
+    assert digests(tmp_path) == before
+    rc, _, err = cli("scan", *images, "--catalog", tmp_path / "targets.ecsv", "--model", toy,
+                     "--out", tmp_path / "found.fits")
+    assert rc == 0, err
+    np.testing.assert_allclose(read_catalog(tmp_path / "found.fits")["x"], xs, atol=0.01)

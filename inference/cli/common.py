@@ -94,6 +94,8 @@ def parse_fraction_or_count(text: str, option: str = "--top") -> float | int:
         value = float(text)
     except ValueError:
         raise InputError(f"{option}: expected a fraction in (0, 1) or a count, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InputError(f"{option}: expected a fraction in (0, 1) or a count, got {text!r}")
     if value <= 0:
         raise InputError(f"{option}: must be positive, got {text!r}")
     if value < 1:
