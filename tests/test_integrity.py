@@ -364,3 +364,23 @@ def test_sexagesimal_catalogue_positions_and_catalogue_never_overwritten(tmp_pat
                      "--out", tmp_path / "found.fits")
     assert rc == 0, err
     np.testing.assert_allclose(read_catalog(tmp_path / "found.fits")["x"], xs, atol=0.01)
+
+
+def test_craft_refuses_bad_seed_huge_n_and_existing_or_input_outputs(tmp_path, cli):
+    np.save(tmp_path / "old.npy", np.zeros(3))
+    (tmp_path / "lenses.ecsv").write_text("# my lens parameters\n")
+    cases = [
+        (("--n", 2, "--seed", -1, "--out", tmp_path / "a.npy"), "--seed: must be a whole number >= 0, got -1"),
+        (("--n", 2_000_000_000, "--out", tmp_path / "a.npy"), "--n 2,000,000,000: the stack needs"),
+        (("--n", 2, "--out", tmp_path / "old.npy"), "old.npy: already exists; pass --overwrite"),
+        # the parameter sidecar of --out lenses.npy is lenses.ecsv, the input table
+        (("--params", tmp_path / "lenses.ecsv", "--out", tmp_path / "lenses.npy"), "would write over the input"),
+        (("--n", 2, "--out", tmp_path / "b.npy", "--preview", tmp_path / "b.ecsv"), "is written twice"),
+    ]
+    before = digests(tmp_path)
+    for args, message in cases:
+        rc, _, err = cli("craft", *args)
+        assert rc == 2 and message in one_line(err), (args, err)
+        assert digests(tmp_path) == before
+    rc, _, err = cli("craft", "--n", 2, "--size", 16, "--out", tmp_path / "old.npy", "--overwrite")
+    assert rc == 0, err and np.load(tmp_path / "old.npy").shape == (2, 3, 16, 16)

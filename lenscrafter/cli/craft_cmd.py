@@ -1,6 +1,7 @@
 """``deepmine craft``: synthesize lenses or non-lens scenes with LensCrafter, or a preview grid."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,33 @@ def _read_psf(path: Path):
         raise file_error(path, str(exc)) from None
 
 
+#: bytes of memory per crafted object beyond its cutout (parameter table row, bookkeeping)
+ROW_BYTES = 512
+
+
+def _check_size(n: int, size: int, dtype: str, out: Path) -> None:
+    """Refuse, before allocating anything, a stack larger than the free disk beside ``out`` or a
+    parameter table larger than the memory available."""
+    import shutil
+
+    import numpy as np
+
+    stack = int(n) * 3 * int(size) ** 2 * np.dtype(dtype).itemsize
+    folder = out.parent if str(out.parent) else Path(".")
+    free = shutil.disk_usage(folder).free if folder.is_dir() else None
+    if free is not None and stack > free:
+        raise InputError(f"--n {n:,}: the stack needs {stack / 2**30:,.1f} GiB but {folder} has "
+                         f"{free / 2**30:,.1f} GiB free; craft fewer cutouts or write elsewhere")
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not on Linux
+        avail = None
+    need = int(n) * ROW_BYTES
+    if avail is not None and need > avail:
+        raise InputError(f"--n {n:,}: the parameter table needs about {need / 2**30:,.1f} GiB of memory but "
+                         f"{avail / 2**30:,.1f} GiB is available; craft in several smaller runs")
+
+
 def craft(
     n: Optional[int] = typer.Option(None, "--n", "-n", min=1, help="Number of cutouts (default: rows of --params)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output stack N×3×H×W (.npy); the parameter "
@@ -60,6 +88,8 @@ def craft(
                               "or float32 (counts, zero point 27)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a Figure 4.1-like grid (PNG) "
                                            "varying θ_E, source offset, SIE ellipticity and foreground n."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing stack, its .ecsv parameter "
+                                   "table or --preview; an input (--params, --psf) is never written over."),
 ) -> None:
     """Synthesize strong lenses (SIE + Sersic source + Sersic lens light, PSF, noise; seed
     Figure 4.2) or realistic non-lens scenes with LensCrafter, as an N×3×H×W stack in channel
@@ -67,12 +97,19 @@ def craft(
     """
     import numpy as np
 
-    from deepmine.inference.atomic import atomic_path, check_writable
+    from deepmine.inference.atomic import atomic_path, check_outputs
 
+    if seed < 0:
+        raise InputError(f"--seed: must be a whole number >= 0, got {seed}")
     if dtype not in ("uint8", "float32"):
         raise InputError(f"--dtype {dtype!r}: expected uint8 or float32")
     if no_psf and psf is not None:
         raise InputError("--psf and --no-psf contradict each other; give one")
+    if out is not None and out.suffix.lower() != ".npy":
+        raise InputError(f"--out {out}: expected a .npy file name")
+    check_outputs([out, None if out is None else out.with_suffix(".ecsv"), preview], [params, psf], overwrite)
+    if out is not None and n is not None:
+        _check_size(n, size, dtype, out)
     psf_arg = False if no_psf else (_read_psf(psf) if psf is not None else True)
     common = dict(size=size, pixel_scale=pixel_scale, noise=not no_noise, psf=psf_arg, supersample=supersample,
                   field=field, field_i_max=field_i_max)
@@ -80,16 +117,12 @@ def craft(
     if preview is not None:
         from deepmine.lenscrafter.preview import write_preview
 
-        check_writable(preview)
         write_preview(preview, seed=seed, noise=not no_noise, psf=psf_arg, size=size, pixel_scale=pixel_scale)
         err_console.print(f"wrote preview {preview}")
         if out is None:
             return
     if out is None:
         raise InputError("--out is required (or give --preview PNG alone)")
-    if out.suffix.lower() != ".npy":
-        raise InputError(f"--out {out}: expected a .npy file name")
-    check_writable(out)
     table_path = out.with_suffix(".ecsv")
 
     from deepmine.lenscrafter import craft_lenses, craft_negatives, read_lens_params, sample_lens_params
@@ -111,6 +144,7 @@ def craft(
             table = read_lens_params(params)
             if n is not None and n != len(table):
                 raise InputError(f"--n {n} disagrees with the {len(table)} rows of --params {params}; omit --n")
+            _check_size(len(table), size, dtype, out)
         else:
             if n is None:
                 raise InputError("--n is required (or give --params TABLE)")
