@@ -315,3 +315,30 @@ def provenance_readers(meta: dict, search_dirs: Sequence[os.PathLike] = ()) -> d
             continue
         out[spec.name] = ScanInputReader(dataclasses.replace(spec, paths=paths, options=options), metadata)
     return out
+
+
+def catalog_identity(table, path: str | os.PathLike | None = None) -> str:
+    """A short identity of a scan catalogue, cheap for any size: ``sha256`` of its provenance
+    header (model hash, inputs, date of the scan to the second, number of objects — what
+    :func:`deepmine.inference.scanner.scan` writes) plus its row count and first and last ids,
+    cut to 16 hex digits. Two scans (a rescan after retraining included) get different
+    identities; the same catalogue read again or copied keeps its. A catalogue without the
+    scanner's header (made by other software) is identified by its file instead: name, size and
+    the sha256 of its first MiB (``path`` must then be given).
+    The grading page names every image URL and grade with it, grade logs record it, and
+    ``inspect export`` refuses to mix grade files of different catalogues.
+    """
+    import hashlib
+    import json
+
+    ids = np.asarray(table["id"]) if "id" in table.colnames and len(table) else np.zeros(0, np.int64)
+    ends = [int(ids[0]), int(ids[-1])] if ids.size else []
+    head = {k: v for k, v in dict(table.meta).items() if str(k).upper().startswith(("DM_", "DATE"))}
+    record = {"meta": head, "rows": len(table), "ids": ends}
+    if not ({"DATE", "DM_SHA"} & set(head)) and path is not None:
+        p = Path(path)
+        with open(p, "rb") as fh:
+            record["file"] = [p.name, p.stat().st_size, hashlib.sha256(fh.read(1 << 20)).hexdigest()]
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+

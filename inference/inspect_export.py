@@ -62,6 +62,18 @@ def _provenance(catalog: Path) -> dict:
         return {}
 
 
+def _check_same_catalogue(paths: Sequence[Path], logs: Sequence[GradeLog]) -> None:
+    """Grade files of different catalogues grade different objects under the same ids: refuse."""
+    def key(log):
+        return ("id", log.catalog_id) if log.catalog_id else ("path", Path(log.catalog or "").name)
+
+    first = key(logs[0])
+    for p, log in zip(paths[1:], logs[1:]):
+        if key(log) != first:
+            raise file_error(p, f"grades another catalogue ({key(log)[1] or 'unknown'}) than {paths[0]} "
+                                f"({first[1] or 'unknown'}); export each catalogue's grades on their own")
+
+
 def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathLike | None = None,
                   lenses: str | os.PathLike | None = None, cutouts: Sequence[os.PathLike] | None = None,
                   graders: Sequence[str] | None = None, include_c: bool = False,
@@ -99,6 +111,7 @@ def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathL
     for p, log in zip(paths, logs):
         if not log.actions:
             raise file_error(p, "grades file holds no grades")
+    _check_same_catalogue(paths, logs)
     verdicts = combine_grades(logs, graders, include_c, agreement)
     if graders and not verdicts:
         raise InputError(f"--grader {', '.join(graders)}: no grades by that grader (graders are: "

@@ -54,18 +54,20 @@ class Action:
 
 
 def check_grader(name: str) -> str:
-    """A grader name: non-empty, at most 64 printable characters."""
-    name = (name or "").strip()
+    """A grader name: a string of 1 to 64 printable characters, not only spaces."""
+    if not isinstance(name, str):
+        raise InputError(f"grader name {name!r}: give 1 to 64 printable characters (--grader)")
+    name = name.strip()
     if not name or len(name) > 64 or not name.isprintable():
         raise InputError(f"grader name {name!r}: give 1 to 64 printable characters (--grader)")
     return name
 
 
 def check_grade(grade: str) -> str:
-    g = str(grade).strip().upper()
-    if g not in GRADES:
+    """One of the documented letters exactly (``A B C N X``; no case folding, no spaces)."""
+    if not isinstance(grade, str) or grade not in GRADES:
         raise InputError(f"grade {grade!r}: expected one of {', '.join(GRADES)}")
-    return g
+    return grade
 
 
 class GradeLog:
@@ -77,9 +79,11 @@ class GradeLog:
     catalog : path of the catalogue (recorded in the file's metadata).
     """
 
-    def __init__(self, path: str | os.PathLike, catalog: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike, catalog: str | os.PathLike | None = None,
+                 catalog_id: str | None = None):
         self.path = Path(path)
         self.catalog = None if catalog is None else str(catalog)
+        self.catalog_id = catalog_id
         self.actions: list[Action] = []
         self._lock = threading.RLock()
         self._stacks: dict[str, list[Action]] = {}
@@ -88,8 +92,14 @@ class GradeLog:
             for action in read_actions(self.path):
                 self._apply(action)
                 self.actions.append(action)
+            meta = read_meta(self.path)
             if self.catalog is None:
-                self.catalog = read_meta(self.path).get("catalog")
+                self.catalog = meta.get("catalog")
+            stored = meta.get("catalog_id") or None
+            if catalog_id is not None and stored is not None and stored != catalog_id:
+                raise file_error(self.path, f"grades catalogue {stored}, not {catalog_id} "
+                                 f"({self.catalog or 'another scan'}); pass --grades to use another grades file")
+            self.catalog_id = self.catalog_id or stored
         else:
             check_writable(self.path)
 
@@ -189,6 +199,7 @@ class GradeLog:
         t = Table(meta={
             "format": FORMAT,
             "catalog": self.catalog or "",
+            "catalog_id": self.catalog_id or "",
             "grades": dict(GRADES, undo="withdraws the grader's latest grade in force"),
         })
         t["seq"] = np.array([x.seq for x in a], dtype=np.int64)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,7 +28,18 @@ def _serve(args, cwd):
 
 
 def _post(url, body):
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    """POST as the page does: the token embedded in the served page, the catalogue identity and,
+    for a grade, the object's id."""
+    base = url.rsplit("api/", 1)[0]
+    with urllib.request.urlopen(base, timeout=10) as r:
+        token = re.search(rb'name="deepmine-token" content="([^"]+)"', r.read()).group(1).decode()
+    with urllib.request.urlopen(f"{base}api/page?start=0&count=100", timeout=10) as r:
+        page = json.loads(r.read())
+    body = {"catalog": page["state"]["catalog_id"], **body}
+    if "rank" in body:
+        body["id"] = page["candidates"][body["rank"]]["id"]
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", "X-Deepmine-Token": token})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 

@@ -130,7 +130,7 @@ def _row(i):
 def test_grade_log_replays_undo_across_restarts(tmp_path):
     path = tmp_path / "g.ecsv"
     log = GradeLog(path, catalog="cat.fits")
-    log.grade(_row(1), "b", "ann")
+    log.grade(_row(1), "B", "ann")
     log.grade(_row(2), "N", "ann")
     log.grade(_row(1), "A", "ann")           # regrade
     log.grade(_row(1), "X", "bob")
@@ -203,51 +203,181 @@ def _get(url):
         return r.headers.get("Content-Type"), r.read()
 
 
-def _post(url, body, headers=None):
+def _post(url, body, headers=None, session=None):
+    """POST as the page does: the session token and the catalogue identity included."""
+    if session is not None:
+        body = {"catalog": session.catalog_id, **body}
+        headers = {"X-Deepmine-Token": session.token, **(headers or {})}
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
+
+
+def _cutout(session, rank, query=""):
+    return f"api/cutout/{session.catalog_id}/{rank}-{session._records[rank]['id']}.png{query}"
 
 
 def test_http_api_grades_undoes_and_serves_images(server):
     srv, url, session = server
     ctype, page = _get(url)
     assert ctype.startswith("text/html") and b"inspect.js" in page
+    assert session.token.encode() in page and b"__DEEPMINE_TOKEN__" not in page
     for name in ("inspect.js", "inspect.css"):
         assert _get(url + name)[1]
     state = json.loads(_get(url + "api/state?grader=ann")[1])
     assert state["total"] == 12 and state["graded"] == 0 and state["first_ungraded"] == 0
+    assert state["catalog_id"] == session.catalog_id
     cands = json.loads(_get(url + "api/page?start=0&count=5")[1])["candidates"]
     assert [c["rank"] for c in cands] == [0, 1, 2, 3, 4]
     assert cands[0]["logit"] >= cands[1]["logit"]
-    ctype, png = _get(url + "api/cutout/3.png?band=1&stretch=asinh&soft=0.1")
+    ctype, png = _get(url + _cutout(session, 3, "?band=1&stretch=asinh&soft=0.1"))
     assert ctype == "image/png" and png[:4] == b"\x89PNG"
-    r = _post(url + "api/grade", {"rank": 0, "grade": "A", "grader": "ann"})
+    ids = [c["id"] for c in cands]
+    r = _post(url + "api/grade", {"rank": 0, "id": ids[0], "grade": "A", "grader": "ann"}, session=session)
     assert r["grades"] == {"ann": "A"} and r["state"]["graded"] == 1 and r["state"]["first_ungraded"] == 1
-    _post(url + "api/grade", {"rank": 1, "grade": "x", "grader": "bob"})
+    _post(url + "api/grade", {"rank": 1, "id": ids[1], "grade": "X", "grader": "bob"}, session=session)
     t = Table.read(session.grades_path, format="ascii.ecsv")
     assert list(t["grade"]) == ["A", "X"] and list(t["id"]) == [cands[0]["id"], cands[1]["id"]]
-    r = _post(url + "api/undo", {"grader": "ann"})
+    assert t.meta["catalog_id"] == session.catalog_id
+    r = _post(url + "api/undo", {"grader": "ann"}, session=session)
     assert r["rank"] == 0 and r["grades"] == {} and r["state"]["graded"] == 0
-    assert _post(url + "api/undo", {"grader": "ann"})["rank"] is None
+    assert _post(url + "api/undo", {"grader": "ann"}, session=session)["rank"] is None
 
 
-@pytest.mark.parametrize("path,body,headers,code", [
-    ("api/grade", {"rank": 0, "grade": "Q", "grader": "ann"}, {}, 400),
-    ("api/grade", {"rank": 99, "grade": "A", "grader": "ann"}, {}, 400),
-    ("api/grade", {"grade": "A"}, {}, 400),
-    ("api/grade", {"rank": 0, "grade": "A"}, {"Origin": "http://evil.example"}, 403),
-    ("api/nothing", {}, {}, 404),
+def _grade(session, **over):
+    return {"rank": 0, "id": session._records[0]["id"], "grade": "A", "grader": "ann", **over}
+
+
+@pytest.mark.parametrize("change,code", [
+    ({"grade": "Q"}, 400), ({"grade": "a"}, 400), ({"grade": " C "}, 400),
+    ({"rank": 99}, 409), ({"rank": 20.7}, 400), ({"rank": True}, 400), ({"rank": "21"}, 400), ({"rank": -1}, 400),
+    ({"id": 123456}, 409), ({"catalog": "0123456789abcdef"}, 409),
+    ({"grader": ""}, 400), ({"grader": "  "}, 400), ({"grader": 12345}, 400), ({"grader": "x" * 65}, 400),
+    ({"grade": None}, 400),
 ])
-def test_http_api_refuses_bad_requests(server, path, body, headers, code):
+def test_http_api_refuses_bad_grades(server, change, code):
     _, url, session = server
+    before = session.grades_path.read_bytes() if session.grades_path.exists() else None
     with pytest.raises(urllib.error.HTTPError) as exc:
-        _post(url + path, body, headers)
+        _post(url + "api/grade", {"catalog": session.catalog_id, **_grade(session, **change)},
+              {"X-Deepmine-Token": session.token})
     assert exc.value.code == code and "error" in json.loads(exc.value.read())
     assert not session.log.actions
-    for bad in ("api/cutout/99.png", "api/cutout/0.png?band=7", "api/cutout/0.png?stretch=cubic"):
+    assert (session.grades_path.read_bytes() if session.grades_path.exists() else None) == before
+
+
+@pytest.mark.parametrize("headers,code", [
+    ({}, 403),                                                   # no token
+    ({"X-Deepmine-Token": "guess"}, 403),
+    ({"Origin": "http://evil.example"}, 403),
+    ({"Content-Type": "text/plain"}, 415),
+])
+def test_http_api_refuses_foreign_requests(server, headers, code):
+    _, url, session = server
+    hdr = {"X-Deepmine-Token": session.token, **headers} if headers and "X-Deepmine-Token" not in headers and code != 403 \
+        else headers
+    if headers.get("Origin"):
+        hdr = {"X-Deepmine-Token": session.token, **headers}
+    req = urllib.request.Request(url + "api/grade", json.dumps({"catalog": session.catalog_id, **_grade(session)}).encode(),
+                                 {"Content-Type": "application/json", **hdr})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == code and exc.value.headers.get("Connection") == "close"
+    assert not session.log.actions
+
+
+def test_http_api_refuses_unknown_paths_and_stale_images(server):
+    _, url, session = server
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        _post(url + "api/nothing", {}, session=session)
+    assert exc.value.code == 404
+    for bad in ("api/cutout/0.png", _cutout(session, 0).replace(session.catalog_id, "0" * 16),
+                _cutout(session, 1).replace("1-", "2-"), _cutout(session, 0, "?band=7"),
+                _cutout(session, 0, "?stretch=cubic"), "api/cutout/x/99-1.png"):
         with pytest.raises(urllib.error.HTTPError):
             _get(url + bad)
+    headers = urllib.request.urlopen(url, timeout=10).headers
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"] and "unsafe-inline" not in \
+        headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY" and headers["Referrer-Policy"] == "no-referrer"
+
+
+def _raw(url, data: bytes, timeout=5.0) -> bytes:
+    """Send raw bytes to the server; return everything it answers until it closes."""
+    host, port = url.split("//")[1].rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def test_a_refused_post_never_smuggles_a_pipelined_grade(server):
+    """A cross-site no-cors POST (text/plain) whose body is a second request: the refusal closes
+    the connection, so the body is never parsed (nor recorded) as a grade."""
+    _, url, session = server
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    inner = json.dumps({"catalog": session.catalog_id, **_grade(session)})
+    smuggled = (f"POST /api/grade HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                f"X-Deepmine-Token: {session.token}\r\nContent-Length: {len(inner)}\r\n\r\n{inner}")
+    outer = (f"POST /api/grade HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:9999\r\n"
+             f"Content-Type: text/plain\r\nContent-Length: {len(smuggled)}\r\n\r\n{smuggled}")
+    answer = _raw(url, outer.encode())
+    assert answer.count(b"HTTP/1.1 ") == 1 and b" 403 " in answer.split(b"\r\n")[0]
+    assert not session.log.actions and not session.grades_path.exists()
+
+
+@pytest.mark.parametrize("host", ["rebind.example", "127.0.0.1:1", "evil.localhost"])
+def test_a_forged_host_is_refused(server, host):
+    _, url, session = server
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    body = json.dumps({"catalog": session.catalog_id, **_grade(session)})
+    h = host if ":" in host else f"{host}:{port}"
+    req = (f"POST /api/grade HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nContent-Type: application/json\r\n"
+           f"X-Deepmine-Token: {session.token}\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+    assert b" 403 " in _raw(url, req.encode()).split(b"\r\n")[0]
+    assert b" 403 " in _raw(url, f"GET /api/state HTTP/1.1\r\nHost: {h}\r\n\r\n".encode()).split(b"\r\n")[0]
+    assert not session.log.actions
+
+
+@pytest.mark.parametrize("length,code", [("-1", b" 400 "), ("abc", b" 400 "), (None, b" 411 "),
+                                         (str(10**7), b" 413 ")])
+def test_bad_content_lengths_are_refused_and_closed(server, length, code):
+    _, url, session = server
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    head = (f"POST /api/grade HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"X-Deepmine-Token: {session.token}\r\n" + (f"Content-Length: {length}\r\n" if length else "") + "\r\n")
+    answer = _raw(url, head.encode())
+    assert code in answer.split(b"\r\n")[0] and b"Connection: close" in answer
+    assert not session.log.actions
+
+
+def test_stalled_connections_neither_hold_the_server_nor_block_a_grader(server, monkeypatch):
+    """Clients that declare a body and never send it: they time out, and a grader grading beside
+    them is served at once; connections beyond the bound get 503 instead of a thread."""
+    import deepmine.inference.inspect_app as ia
+
+    _, url, session = server
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    stalled = []
+    for _ in range(ia.MAX_HANDLERS + 8):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(f"POST /api/grade HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100\r\n\r\n".encode())
+        stalled.append(sock)
+    import threading
+    import time
+
+    time.sleep(0.5)
+    assert threading.active_count() < ia.MAX_HANDLERS + 15
+    for s in stalled:
+        s.close()
+    time.sleep(0.5)
+    r = _post(url + "api/grade", _grade(session), session=session)
+    assert r["grades"] == {"ann": "A"}
 
 
 def test_port_in_use_is_a_clear_error(scan):
@@ -380,3 +510,50 @@ def test_survey_scan_cutouts_are_recut_from_the_survey_images(tmp_path, monkeypa
     with pytest.raises(InputError, match="cannot re-cut the cutouts of source 'sources.ecsv': survey input "
                                          "img_g.fits not found"):
         InspectSession(tmp_path / "scan.fits", top=5, grades=tmp_path / "other.ecsv")
+
+
+def test_restart_on_another_catalogue_refuses_the_old_pages_grades(tmp_path):
+    """The README's loop: inspect a catalogue, rescan, inspect the new one on the same port. A
+    page still showing the first catalogue can neither load its images nor grade."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a = InspectSession(make_scan(a_dir, n=40), top=10, grader="ann")
+    b = InspectSession(make_scan(b_dir, n=44), top=10, grader="ann")
+    assert a.catalog_id != b.catalog_id
+    stale = {"catalog": a.catalog_id, "rank": 0, "id": a._records[0]["id"], "grade": "A", "grader": "ann"}
+    a.close()
+    srv = make_server(b, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    url = server_url(srv)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            _post(url + "api/grade", stale, {"X-Deepmine-Token": b.token})
+        assert exc.value.code == 409 and "reload the page" in json.loads(exc.value.read())["error"]
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            _get(url + _cutout(a, 0))
+        assert exc.value.code == 404
+        assert not b.grades_path.exists() and not b.log.actions
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_export_refuses_grade_files_of_different_catalogues(tmp_path):
+    from deepmine.inference.inspect_export import export_grades
+
+    files = []
+    for name, n in (("a", 40), ("b", 44)):
+        d = tmp_path / name
+        d.mkdir()
+        s = InspectSession(make_scan(d, n=n), top=10, grader="ann")
+        s.grade(0, "N", "ann")
+        s.close()
+        files.append(s.grades_path)
+    before = [f.read_bytes() for f in files]
+    with pytest.raises(InputError, match="grades another catalogue"):
+        export_grades(files, negatives=tmp_path / "fp.npy")
+    assert not (tmp_path / "fp.npy").exists() and [f.read_bytes() for f in files] == before
+    # a grades file cannot be reopened on another catalogue either
+    with pytest.raises(InputError, match="grades catalogue"):
+        InspectSession(make_scan(tmp_path / "b", n=40), top=10, grades=files[1])

@@ -63,7 +63,11 @@ def serve(
     grader: Optional[str] = typer.Option(None, "--grader", help="Your name, recorded with each grade "
                                          "[default: your user name]; the page can change it.", show_default=False),
     port: int = typer.Option(8050, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 lets other machines grade; there is no login, so only on a trusted network)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 lets other machines grade; "
+                             "there is no login — the page's session token guards grades — so only on a trusted network)."),
+    allow_host: Optional[list[str]] = typer.Option(None, "--allow-host", help="Another name graders use to reach this "
+                                                   "server (with --host 0.0.0.0); repeatable. Requests naming any other "
+                                                   "Host are refused (DNS rebinding)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser; just print the address."),
 ) -> None:
     """Serve a local page to view and grade the top candidates: A / B / C (lens grades), N (not a
@@ -76,7 +80,7 @@ def serve(
         existing_file(c, "cutout stack")
     session = InspectSession(catalog, cutouts, top=parse_fraction_or_count(top, "--top"), grades=grades,
                              grader=grader or _default_grader())
-    server = make_server(session, host, port)
+    server = make_server(session, host, port, allow_hosts=allow_host or ())
     url = server_url(server)
     state = session.state(session.grader)
     err_console.print(

@@ -22,9 +22,14 @@ function toast(message, isError) {
   toast.timer = setTimeout(() => { t.hidden = true; }, isError ? 8000 : 1500);
 }
 
+// the session token the server embedded in this page: required on every POST
+const TOKEN = document.querySelector('meta[name="deepmine-token"]').content;
+
 async function api(path, body) {
   const opts = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Deepmine-Token": TOKEN },
+    body: JSON.stringify(Object.assign({ catalog: ui.catalog }, body)),
   };
   const r = await fetch(path, opts);
   const data = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
@@ -43,10 +48,10 @@ function stretchQuery() {
   return q;
 }
 
-function imageUrl(rank, band) {
+function imageUrl(c, band) {            // names the catalogue and the object: safe to cache
   const q = stretchQuery();
   q.set("band", band);
-  return `/api/cutout/${rank}.png?${q}`;
+  return `/api/cutout/${ui.catalog}/${c.rank}-${c.id}.png?${q}`;
 }
 
 function pageStart(rank) { return Math.floor(rank / PAGE) * PAGE; }
@@ -93,7 +98,7 @@ function headHtml(c) {
 
 function tileHtml(c) {
   const ord = c.ordinality_ref !== null ? c.ordinality_ref : c.ordinality;
-  return `<img src="${imageUrl(c.rank, "rgb")}" alt="candidate ${c.id}" loading="lazy">` +
+  return `<img src="${imageUrl(c, "rgb")}" alt="candidate ${c.id}" loading="lazy">` +
     `<div class="cap head">${headHtml(c)}</div>` +
     `<div class="cap small"><span title="probability">p ${fmt(c.probability, 4)}</span>` +
     `<span title="ordinality">ord ${fmt(ord, 4)}</span></div>` +
@@ -140,10 +145,10 @@ function updateTile(c) {
 function renderZoom() {
   const c = candidate(ui.cursor);
   if (!c) return;
-  $("zoom-rgb").src = imageUrl(c.rank, "rgb");
+  $("zoom-rgb").src = imageUrl(c, "rgb");
   const bands = $("zoom-bands");
   bands.innerHTML = ui.bands.map((b, k) =>
-    `<figure><img src="${imageUrl(c.rank, k)}" alt="band ${esc(b)}"><figcaption>${esc(b)}</figcaption></figure>`).join("");
+    `<figure><img src="${imageUrl(c, k)}" alt="band ${esc(b)}"><figcaption>${esc(b)}</figcaption></figure>`).join("");
   const mine = (c.grades || {})[ui.grader];
   $("zoom-my-grade").outerHTML = `<span id="zoom-my-grade" class="badge big ${mine ? "g" + mine : "none"}">${mine || "ungraded"}</span>`;
   $("zoom-others").textContent = othersText(c.grades) ? `others: ${othersText(c.grades)}` : "";
@@ -178,7 +183,7 @@ function grade(g) {
   go(rank + 1);
   ui.busy = ui.busy.then(async () => {
     try {
-      const r = await api("/api/grade", { rank, grade: g, grader: ui.grader });
+      const r = await api("/api/grade", { rank, id: c.id, grade: g, grader: ui.grader });
       c.grades = r.grades;
       updateTile(c);
       setProgress(r.state);
@@ -236,6 +241,10 @@ function refreshImages() {
 
 async function refresh() {
   const state = await api(`/api/state?grader=${encodeURIComponent(ui.grader)}`);
+  if (state.catalog_id !== ui.catalog) {
+    toast(`the server now serves another catalogue (${state.catalog}); reload the page`, true);
+    throw new Error("catalogue changed");
+  }
   setProgress(state);
   ui.bands = state.bands;
   return state;
@@ -288,6 +297,7 @@ async function setGrader(name) {
 async function start() {
   const params = new URLSearchParams(location.search);
   const first = await api("/api/state");
+  ui.catalog = first.catalog_id;
   ui.grader = params.get("grader") || sessionStorage.getItem("deepmine-grader") || first.default_grader;
   $("grader").value = ui.grader;
   const state = await refresh();
