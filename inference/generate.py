@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open, atomic_path, check_writable
+from .atomic import atomic_open, atomic_path
 from .errors import InputError, file_error
 from .metadata import ModelMetadata, file_sha256, read_metadata
 from .session import open_session
@@ -182,13 +182,15 @@ def sidecar_path(out: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".provenance.json")
 
 
-def check_output(out: str | os.PathLike) -> Path:
-    """Refuse an output path of an unknown type or in a missing/unwritable folder (before any work)."""
+def check_output(out: str | os.PathLike, inputs=(), overwrite: bool = False) -> Path:
+    """Refuse an output path of an unknown type or in a missing/unwritable folder, one that is
+    an input, or (unless ``overwrite``) one that exists, its sidecar included (before any work)."""
+    from .atomic import check_outputs
+
     out = Path(out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise file_error(out, f"unknown output type {out.suffix!r}; use .npy or .fits")
-    check_writable(out)
-    check_writable(sidecar_path(out))
+    check_outputs([out, sidecar_path(out)], inputs, overwrite)
     return out
 
 

@@ -87,6 +87,8 @@ def run_demo(out_dir, *, n_negatives: int = 3000, n_lenses: int = 40, seed: int 
         raise InputError(f"--negatives must be >= 200 and --lenses >= 1, got {n_negatives} and {n_lenses}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # the demo owns its folder: a rerun replaces its own files (and says which)
+    earlier = {p.name for p in out.iterdir() if p.is_file()}
     model_path = resolve_model_path(model)
     t0 = time.perf_counter()
     survey, is_lens = craft_mock_survey(out, n_negatives, n_lenses, seed)
@@ -98,7 +100,7 @@ def run_demo(out_dir, *, n_negatives: int = 3000, n_lenses: int = 40, seed: int 
 
             shutil.rmtree(stale)
     res = scan([survey], model_path, cat_path, threads=threads, top=0.005, mosaic=out / "top_candidates.png",
-               progress=progress, formats=["fits", "ecsv"])
+               progress=progress, formats=["fits", "ecsv"], overwrite=True)
     table = res.table
     idx = np.asarray(table["index"])
     logit = np.asarray(table["logit"], dtype=np.float64)
@@ -121,6 +123,7 @@ def run_demo(out_dir, *, n_negatives: int = 3000, n_lenses: int = 40, seed: int 
         result["selection"] = str(out / "selection.fits")
         result["selection_plot"] = str(plot)
         result["selection_s"] = time.perf_counter() - t1
+    result["replaced"] = sorted(earlier & {"demo.json", *(p.name for p in out.iterdir() if p.is_file())})
     with atomic_open(out / "demo.json", "w") as fh:
         json.dump(result, fh, indent=2, default=str)
     result["total_s"] = time.perf_counter() - t0

@@ -27,6 +27,11 @@ def test_demo_outputs_and_figures(cli, tmp_path):
     assert r["ranking_performance"] > 0.6  # far above chance (0); floors: test_clean_install
     for name in ("top_candidates.png", "trc.png", "demo.json", "catalog.ecsv"):
         assert (out / name).stat().st_size > 500
+    assert r["replaced"] == []
+    # the demo owns its folder: a rerun replaces its own files, and says so (issue 18)
+    rc, stdout, err = cli("demo", "--out", out, "--negatives", "600", "--lenses", "10", "--no-selection")
+    assert rc == 0, err
+    assert "replaced" in err and "catalog.fits" in json.loads((out / "demo.json").read_text())["replaced"]
 
 
 def test_demo_bad_options(cli, tmp_path):

@@ -384,3 +384,16 @@ def test_craft_refuses_bad_seed_huge_n_and_existing_or_input_outputs(tmp_path, c
         assert digests(tmp_path) == before
     rc, _, err = cli("craft", "--n", 2, "--size", 16, "--out", tmp_path / "old.npy", "--overwrite")
     assert rc == 0, err and np.load(tmp_path / "old.npy").shape == (2, 3, 16, 16)
+
+
+def test_bench_refuses_a_modified_model_and_generate_existing_outputs(tmp_path, toy, cli):
+    bad = tampered(stamped(toy, tmp_path / "good.onnx"), tmp_path / "bad.onnx")
+    rc, _, err = cli("bench", bad, "--n", 8, "--repeats", 1, "--device", "cpu")
+    assert rc == 2 and "bad.onnx: content hash does not verify" in one_line(err)
+    rc, out, err = cli("bench", bad, "--n", 8, "--repeats", 1, "--device", "cpu", "--json", "--allow-modified-model")
+    assert rc == 0, err and "content hash does not verify" in out
+    np.save(tmp_path / "g.npy", np.zeros(2))
+    before = digests(tmp_path)
+    rc, _, err = cli("generate", toy, "--n", 2, "--out", tmp_path / "g.npy")
+    assert rc == 2 and "g.npy: already exists; pass --overwrite" in one_line(err)
+    assert digests(tmp_path) == before

@@ -254,6 +254,30 @@ def test_bad_inputs_are_clear_errors(toy, tmp_path):
         train(r, toy / "neg.npy", toy / "pos.npy", out, resume=True)
 
 
+def test_extras_change_what_the_model_sees_or_are_refused(toy, tmp_path, cli):
+    """Issue 18: --extra-negatives/--extra-positives join the training draws of every shipped
+    classifier recipe that switches them on (eznet now does), and a recipe that uses them in no
+    phase refuses them in one line naming the recipe (nothing written)."""
+    sets = {"epochs": 1, "model.table": [{"kernels": 4, "kernel": 3, "size": 4}], "model.size": 16,
+            "data.batch_positives": 16}  # fmt: skip
+    fp, found = generic_two_class(5, (3, 16, 16), seed=31)
+    np.save(tmp_path / "fp.npy", percentile_normalization(found))
+    np.save(tmp_path / "found.npy", percentile_normalization(fp))
+    plain = train("eznet", toy / "pos.npy", toy / "neg.npy", tmp_path / "plain", sets=sets)
+    more = train("eznet", toy / "pos.npy", toy / "neg.npy", tmp_path / "more", sets=sets,
+                 extra_negatives=tmp_path / "fp.npy", extra_positives=tmp_path / "found.npy")
+    assert more.history[0]["n_train"] == plain.history[0]["n_train"] + 10
+    (tmp_path / "plain.toml").write_text('extends = "eznet"\nname = "plain"\n[[phase]]\nname = "main"\n'
+                                         'extra_negatives = false\nextra_positives = false\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, _, err = cli("train", "eznet", tmp_path / "plain.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+                     "--extra-negatives", tmp_path / "fp.npy", "-o", tmp_path / "refused")
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert rc == 2 and "Traceback" not in err
+    assert "--extra-negatives: recipe 'plain' adds them in no phase" in lines[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_train_eznet(toy, tmp_path, cli):
     rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "--positives", toy / "pos.npy", "--negatives",

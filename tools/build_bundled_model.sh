@@ -79,9 +79,9 @@ DATA=(-p "$W/lenses.npy" -n "$W/negatives.npy" -n "$W/hard.npy")
 # selection function of the exported model (default grid; reference pool: 5,000 non-lens scenes
 # of every kind, crafted apart from the training data), then the final export records its summary
 [ -f "$W/pool_negatives.npy" ] || deepmine craft --n 5000 --negatives --out "$W/pool_negatives.npy" --seed 404
-deepmine export "$W/stage2/model.pt" --out "$W/unannotated.onnx"
+deepmine export "$W/stage2/model.pt" --out "$W/unannotated.onnx" --overwrite
 deepmine selection --model "$W/unannotated.onnx" --negatives "$W/pool_negatives.npy" --out "$W/selection.fits" \
-    --plot "$W/selection.png" --workdir "$W/selection.parts" --resume
-deepmine export "$W/stage2/model.pt" --out inference/models/default.onnx --selection "$W/selection.fits"
-deepmine export "$W/stage2/model.pt" --out "$W/default-int8.onnx" --int8 --calibration "$W/pool_negatives.npy"
+    --plot "$W/selection.png" --workdir "$W/selection.parts" --resume --overwrite
+deepmine export "$W/stage2/model.pt" --out inference/models/default.onnx --selection "$W/selection.fits" --overwrite
+deepmine export "$W/stage2/model.pt" --out "$W/default-int8.onnx" --int8 --calibration "$W/pool_negatives.npy" --overwrite
 deepmine info inference/models/default.onnx

@@ -162,6 +162,12 @@ class Trainer:
         for key in ("positives", "negatives"):
             if not self.files[key]:
                 raise InputError(f"--{key}: give at least one cutout file")
+        for key in ("extra_negatives", "extra_positives"):
+            if self.files[key] and not any(p.get(key) and p.get("enabled", True) for p in recipe.phases):
+                raise InputError(
+                    f"--{key.replace('_', '-')}: recipe {recipe.name!r} adds them in no phase, so they would not be "
+                    f"trained on; use a recipe that does (set {key} = true in one of its [[phase]] tables) or leave "
+                    "them out")
 
     # ---------------------------------------------------------------- setup
     def _build_model(self, overrides: dict | None = None):

@@ -46,6 +46,8 @@ def export(
         "this checkpoint: its summary (overall and per-axis completeness, grid, pool) goes into the metadata.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the written model's metadata as JSON on stdout."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out model; an input is never "
+                                   "written over."),
 ) -> None:
     """Export a checkpoint to ONNX: dynamic batch, BatchNorm folded, outputs `logit` and
     `probability`, metadata (architecture, preprocessing, provenance, parity) inside.
@@ -68,9 +70,9 @@ def export(
     if level not in ("basic", "extended"):
         raise InputError(f"--level: expected basic or extended, got {level!r}")
     existing_file(checkpoint, "checkpoint")
-    from deepmine.inference.atomic import check_writable
+    from deepmine.inference.atomic import check_outputs
 
-    check_writable(out)
+    check_outputs([out], [checkpoint, calibration, cutouts, labels, selection], overwrite)
     cal = _load_npy(calibration, "calibration cutouts") if calibration is not None else None
     chk = _load_npy(cutouts, "check cutouts") if cutouts is not None else None
     lab = _load_npy(labels, "labels") if labels is not None else None

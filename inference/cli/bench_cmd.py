@@ -20,6 +20,8 @@ def bench(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda needs deepmine[gpu])."),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Timed passes; the best is reported."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model."),
+    allow_modified_model: bool = typer.Option(
+        False, "--allow-modified-model", help="Time a model whose stored content hash does not verify."),
 ) -> None:
     """Measure the scan rate (cutouts/s) of each model: bare onnxruntime on preprocessed batches
     (the model's ceiling) and end to end from uint8 cutouts (preprocessing included), with the
@@ -27,13 +29,19 @@ def bench(
     """
     from rich.table import Table
 
-    from ..model import load_model
+    from ..identity import check_content_hash
+    from ..model import load_model, resolve_model_path
     from ..throughput import measure_throughput
+    from .common import err_console
 
     results = []
     for path in models or [None]:
+        note = check_content_hash(resolve_model_path(path), allow_modified_model)
         model = load_model(path, device=device, threads=threads)
         results.append(measure_throughput(model, n=n, batch_size=batch_size, repeats=repeats))
+        if note:
+            results[-1]["warning"] = note
+            err_console.print(f"warning: {note}", markup=False)
     if as_json:
         for r in results:
             print(json.dumps(r))

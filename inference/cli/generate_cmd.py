@@ -20,6 +20,7 @@ def generate(
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Latent vectors per onnxruntime call."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: one per core)."),
     as_json: bool = typer.Option(False, "--json", help="Print the provenance as JSON on stdout."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out and its provenance sidecar."),
 ) -> None:
     """Generate GAN lens cutouts for training augmentation (seed 4.3).
 
@@ -37,7 +38,7 @@ def generate(
         raise InputError(f"--batch-size: must be at least 1, got {batch_size}")
     if seed < 0:
         raise InputError(f"--seed: must be non-negative, got {seed}")
-    check_output(out)
+    check_output(out, [model], overwrite)
     gen = load_generator(model, threads=threads)
     with task("generating", n) as advance:
         prov = write_generated(out, gen, n, seed=seed, batch_size=batch_size, progress=advance)

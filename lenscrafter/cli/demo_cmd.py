@@ -11,7 +11,8 @@ from deepmine.inference.cli.common import err_console, out_console, progress_bar
 
 
 def demo(
-    out: Path = typer.Option(Path("deepmine-demo"), "--out", "-o", help="Folder for every output."),
+    out: Path = typer.Option(Path("deepmine-demo"), "--out", "-o", help="Folder for every output (the demo owns "
+                             "it: a rerun replaces the demo's own files there, and says so)."),
     negatives: int = typer.Option(3000, "--negatives", min=200, help="Non-lens scenes in the mock survey."),
     lenses: int = typer.Option(40, "--lenses", min=1, help="Lenses hidden among them."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the mock survey."),
@@ -37,6 +38,8 @@ def demo(
     if as_json:
         print(json.dumps(r, default=str))
         return
+    if r.get("replaced"):
+        err_console.print(f"replaced {len(r['replaced'])} file(s) of an earlier demo run in {r['out']}")
     out_console.print(f"mock survey      {r['n_objects']:,} cutouts, {r['n_lenses']} hidden lenses  (scanned at "
                       f"{r['scan_rate_per_s']:,.0f}/s on {r['provider'].replace('ExecutionProvider', '')})")
     out_console.print(f"ranking perf.    {r['ranking_performance']:.4f}")
