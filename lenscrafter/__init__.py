@@ -23,7 +23,8 @@ _LAZY = {
     **dict.fromkeys(("magnitude_to_flux", "sersic", "sersic_amp_from_flux", "sersic_total_flux",
                      "sie_deflection"), ".profiles"),
     "craft_lenses": ".synth",
-    **dict.fromkeys(("arc_snr", "measure_light", "paint_arcs"), ".paint"),
+    **dict.fromkeys(("arc_snr", "paint_arcs"), ".paint"),
+    "measure_light": ".galaxy_light",
     "field_population": ".field",
 }
 

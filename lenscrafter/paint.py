@@ -4,9 +4,9 @@ A survey trains and measures a lens finder on its own sky by drawing simulated a
 galaxies (the seed's LensFlow positives were simulated arcs co-added onto real COSMOS
 ellipticals, chapter 2). :func:`paint_arcs` does this for a stack of real cutouts in flux units:
 
-1. :func:`measure_light` finds each galaxy: the sky of every band is the median of the cutout's
-   border (``border`` pixels wide) and its noise 1.4826 × the border's median absolute
-   deviation; the centre is the light-weighted centroid (first moments) of the i band above the
+1. :func:`~deepmine.lenscrafter.galaxy_light.measure_light` finds each galaxy: the sky of every
+   band is the median of the cutout's border (``border`` pixels wide) and its noise 1.4826 × the
+   border's median absolute deviation; the centre is the light-weighted centroid (first moments) of the i band above the
    sky (pixels more than 1σ above it), in a Gaussian window (σ 0.6″) that starts on the light's
    local maximum reached uphill from the cutout centre and follows the centroid until it stops
    moving (SExtractor's windowed positions: exact for a symmetric galaxy, and neighbours do not
@@ -46,14 +46,12 @@ above 1σ gives S/N = 0. See :func:`arc_snr`.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from astropy.table import Table
 
 from deepmine.inference.errors import InputError
 
 from . import kernels
+from .galaxy_light import _check_number, measure_light, sky_level  # noqa: F401 - re-exported
 from .params import LENS_COLUMNS, PARAM_RANGES, check_lens_params, sample_lens_params
 from .pipeline import BANDS, HSC, PIXEL_SCALE, ZERO_POINT, check_psf, default_psf, psf_terms
 from .synth import Observation, render, sersic_rows
@@ -64,162 +62,6 @@ PAINT_SALT = 0x9A17
 THETA_E_DEFAULT = (0.8, 2.8)
 #: m_g_fg written into the parameter table: the faintest accepted value (no deflector light is drawn).
 NO_LIGHT_MAG = PARAM_RANGES["m_g_fg"][1]
-_MAD_TO_SIGMA = 1.482602218505602
-
-
-# ----------------------------------------------------------------------------- measuring the galaxy
-def _border(img: np.ndarray, width: int) -> np.ndarray:
-    """Pixels of the outer ``width``-pixel frame of (..., H, W), flattened on the last axis."""
-    h, w = img.shape[-2:]
-    m = np.zeros((h, w), bool)
-    m[:width] = m[-width:] = True
-    m[:, :width] = m[:, -width:] = True
-    return img[..., m]
-
-
-def sky_level(cutouts, border: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Sky and sky noise of every band: median of the border and 1.4826 × its MAD.
-
-    Parameters
-    ----------
-    cutouts : (N, C, H, W) array, flux per pixel
-    border : width of the frame of pixels used, pixels
-
-    Returns
-    -------
-    (sky, sigma) : two (N, C) float64 arrays, flux per pixel.
-    """
-    a = np.asarray(cutouts, dtype=np.float64)
-    b = _border(a, int(border))
-    sky = np.median(b, axis=-1)
-    sigma = _MAD_TO_SIGMA * np.median(np.abs(b - sky[..., None]), axis=-1)
-    return sky, sigma
-
-
-def _climb(light: np.ndarray, x: float, y: float, max_steps: int) -> tuple[int, int]:
-    """Steepest ascent over the 3×3-smoothed light from the pixel nearest (x, y) to a local maximum."""
-    h, w = light.shape
-    p = np.pad(light, 1)
-    sm = sum(p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-    r, c = int(round(y)), int(round(x))
-    for _ in range(max_steps):
-        r0, r1, c0, c1 = max(r - 1, 0), min(r + 2, h), max(c - 1, 0), min(c + 2, w)
-        win = sm[r0:r1, c0:c1]
-        k = int(np.argmax(win))
-        nr, nc = r0 + k // win.shape[1], c0 + k % win.shape[1]
-        if win.flat[k] <= sm[r, c]:
-            break
-        r, c = nr, nc
-    return c, r
-
-
-def _moments(img, sky, sigma, s_w, nsigma, max_iter, tol):
-    """Windowed centroid and window-corrected second moments of one band (pixel units).
-
-    The window starts on the local maximum of the light reached by steepest ascent from the
-    cutout centre (so it stays on the galaxy the cutout is centred on, not on a brighter
-    neighbour) and follows the centroid; a centroid more than 2 window sigmas from that peak
-    (a neighbour pulling) is replaced by the centroid of one window on the peak.
-    """
-    h, w = img.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    light = img - sky
-    light = np.where(light > nsigma * sigma, light, 0.0)
-    if not light.any():
-        return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
-    px, py = _climb(light, (w - 1) / 2.0, (h - 1) / 2.0, max(h, w))
-
-    def window_at(xc, yc):
-        wgt = light * np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2.0 * s_w * s_w))
-        tot = wgt.sum()
-        return wgt, tot
-
-    xc, yc = float(px), float(py)
-    for _ in range(max_iter):
-        wgt, tot = window_at(xc, yc)
-        if not tot > 0:
-            break
-        nx, ny = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
-        moved = math.hypot(nx - xc, ny - yc)
-        xc, yc = nx, ny
-        if moved < tol:
-            break
-    if not math.hypot(xc - px, yc - py) <= 2.0 * s_w:
-        wgt, tot = window_at(px, py)
-        xc, yc = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
-    wgt, tot = window_at(xc, yc)
-    if not tot > 0:
-        return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
-    dx, dy = xx - xc, yy - yc
-    m = np.array([[(wgt * dx * dx).sum(), (wgt * dx * dy).sum()],
-                  [(wgt * dx * dy).sum(), (wgt * dy * dy).sum()]]) / tot
-    # a Gaussian window multiplies a Gaussian light profile: C⁻¹ = M⁻¹ − W⁻¹ undoes it
-    try:
-        c = np.linalg.inv(np.linalg.inv(m) - np.eye(2) / (s_w * s_w))
-        if not np.all(np.linalg.eigvalsh(c) > 0):
-            c = m
-    except np.linalg.LinAlgError:
-        c = m
-    lam = np.linalg.eigvalsh(c)
-    q = float(math.sqrt(max(lam[0], 0.0) / lam[1])) if lam[1] > 0 else 1.0
-    phi = 0.5 * math.degrees(math.atan2(2.0 * c[0, 1], c[0, 0] - c[1, 1]))
-    return xc, yc, q, phi, True
-
-
-def measure_light(cutouts, *, pixel_scale: float = PIXEL_SCALE, band: int = 0, border: int = 4,
-                  window: float = 0.6, nsigma: float = 1.0, max_iter: int = 100, tol: float = 1e-6) -> Table:
-    """Centroid, shape and sky of the galaxy in each cutout (see the module docstring).
-
-    Parameters
-    ----------
-    cutouts : (N, C, H, W) array
-        Flux per pixel, any zero point; channel ``band`` (default 0, the i band in the HSC
-        order i, r, g) is measured.
-    pixel_scale : float
-        Arcsec per pixel (for ``window``).
-    band : int
-        Channel whose light defines the centre and shape.
-    border : int
-        Width (pixels) of the frame from which sky and sky noise are taken.
-    window : float
-        Sigma of the Gaussian window of the moments, arcsec (0.6″ = 3.6 HSC pixels).
-    nsigma : float
-        Only pixels more than ``nsigma`` × the sky noise above the sky carry weight.
-    max_iter, tol : iterations of the window and their stopping step (pixels).
-
-    Returns
-    -------
-    astropy Table with one row per cutout: ``x``, ``y`` (centroid, 0-based pixel coordinates,
-    column and row), ``dx``, ``dy`` (centroid from the cutout centre ((W−1)/2, (H−1)/2), arcsec),
-    ``q_light`` (minor/major axis ratio), ``phi_light`` (major-axis angle, degrees CCW from +x,
-    −90..90), ``found`` (False: no light above the threshold, the centre and q = 1 are used),
-    ``sky`` and ``sky_sigma`` (N, C; flux per pixel).
-    """
-    a = _check_cutouts(cutouts)
-    _check_number("pixel_scale", pixel_scale, 0.001, 10.0)
-    _check_number("window", window, 1e-3, 100.0)
-    band = int(band)
-    if not 0 <= band < a.shape[1]:
-        raise InputError(f"band={band}: expected a channel index 0..{a.shape[1] - 1}")
-    border = int(border)
-    if not 1 <= border <= min(a.shape[-2:]) // 4:
-        raise InputError(f"border={border}: expected 1..{min(a.shape[-2:]) // 4} pixels")
-    sky, sigma = sky_level(a, border)
-    h, w = a.shape[-2:]
-    s_w = window / pixel_scale
-    rows = [_moments(a[i, band], sky[i, band], sigma[i, band], s_w, nsigma, int(max_iter), tol)
-            for i in range(a.shape[0])]
-    x = np.array([r[0] for r in rows])
-    y = np.array([r[1] for r in rows])
-    t = Table({
-        "x": x, "y": y,
-        "dx": (x - (w - 1) / 2.0) * pixel_scale, "dy": (y - (h - 1) / 2.0) * pixel_scale,
-        "q_light": np.array([r[2] for r in rows]), "phi_light": np.array([r[3] for r in rows]),
-        "found": np.array([r[4] for r in rows], bool), "sky": sky, "sky_sigma": sigma,
-    })
-    for c, u in (("x", "pix"), ("y", "pix"), ("dx", "arcsec"), ("dy", "arcsec"), ("phi_light", "deg")):
-        t[c].unit = u
-    return t
 
 
 # ----------------------------------------------------------------------------- signal-to-noise
@@ -258,16 +100,6 @@ def arc_snr(arc, sky_sigma, gain, light=None) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- checks
-def _check_number(name, value, low, high):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}={value!r}: expected a number in [{low:g}, {high:g}]") from None
-    if not (np.isfinite(v) and low <= v <= high):
-        raise InputError(f"{name}={value!r} is out of range; expected {low:g} <= {name} <= {high:g}")
-    return v
-
-
 def _per_band(name, value, nchan, low, high) -> np.ndarray:
     v = np.asarray(value, dtype=np.float64)
     if v.ndim == 0:
