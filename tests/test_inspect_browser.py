@@ -15,7 +15,8 @@ import pytest
 from astropy.table import Table
 from test_inspect_core import make_scan
 
-from deepmine.inference.inspect_app import InspectSession, make_server, serve_in_thread, server_url
+from deepmine.inference.inspect_app import InspectSession
+from deepmine.inference.inspect_server import make_server, serve_in_thread, server_url
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("DEEPMINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -148,3 +149,109 @@ def test_a_grade_that_cannot_be_saved_is_shown_and_not_kept(browser, served, tmp
     assert session.log.actions == [] and "graded 0 / 60" in page.inner_text("#progress-text")
     _shot(page, tmp_path, "inspect-save-failed.png")
     assert not errors, errors
+
+
+def test_a_page_of_an_earlier_catalogue_cannot_grade_after_a_restart(browser, tmp_path):
+    """The README's loop on the default port: inspect, rescan, inspect the new catalogue on the
+    same port. The page left open shows the old catalogue: its grade is refused (409, one line in
+    the page) and the new catalogue's grades file is never written."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a = InspectSession(make_scan(a_dir, n=80), top=20, grader="ann")
+    srv = make_server(a, "127.0.0.1", 0)
+    port = srv.server_address[1]
+    serve_in_thread(srv)
+    page, _ = _open(browser, server_url(srv))
+    srv.shutdown()
+    srv.server_close()
+    a.close()
+    b = InspectSession(make_scan(b_dir, n=90), top=20, grader="ann")
+    srv = make_server(b, "127.0.0.1", port)
+    serve_in_thread(srv)
+    try:
+        page.keyboard.press("a")
+        _wait(lambda: page.locator("#toast.error").is_visible())
+        assert "reload the page" in page.inner_text("#toast")
+        assert not b.log.actions and not b.grades_path.exists()
+        assert not a.grades_path.exists()
+        page.reload()                               # a fresh page grades the new catalogue
+        page.wait_for_selector("body[data-ready='1']", timeout=15000)
+        page.keyboard.press("n")
+        _wait(lambda: len(b.log.actions) == 1)
+        assert b.log.actions[0].id == int(b.rows["id"][0])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_cross_site_page_cannot_grade(browser, served, tmp_path):
+    """A page served from another local port posts to the grading server the ways a browser
+    allows without CORS (no-cors, text/plain, a pipelined second request in the body): nothing
+    is recorded and the grades file is never written."""
+    import http.server
+    import threading
+
+    session, url = served
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    inner = (f'{{"catalog": "{session.catalog_id}", "rank": 0, "id": {int(session.rows["id"][0])}, '
+             '"grade": "A", "grader": "mallory"}')
+    smuggled = (f"POST /api/grade HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nContent-Type: application/json\\r\\n"
+                f"Content-Length: {len(inner)}\\r\\n\\r\\n{inner}")
+    script = f"""
+      const u = "{url}api/grade";
+      const go = (opts) => fetch(u, Object.assign({{method: "POST", signal: AbortSignal.timeout(4000)}}, opts))
+        .then((r) => r.type + ":" + r.status, (e) => "error:" + e.name);
+      const done = Promise.all([
+        go({{mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: `{smuggled}`}}),
+        go({{mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: '{inner}'}}),
+        go({{headers: {{"Content-Type": "application/json"}}, body: '{inner}'}}),
+      ]);
+    """
+    html = "<!doctype html><body>cross-site page</body>"
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        outcomes = page.evaluate(f"async () => {{ {script}; return await done; }}")
+        assert len(outcomes) == 3 and not any(o.endswith(":200") for o in outcomes), outcomes
+        time.sleep(0.5)
+        assert not session.log.actions and not session.grades_path.exists()
+    finally:
+        evil.shutdown()
+        evil.server_close()
+
+
+def test_a_stalled_client_does_not_stop_a_grader(browser, served, tmp_path):
+    import socket
+
+    session, url = served
+    port = int(url.rstrip("/").rsplit(":", 1)[1])
+    stalled = []
+    for _ in range(8):                              # clients that never finish their request
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(f"POST /api/grade HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: -1\r\n".encode())
+        stalled.append(sock)
+    try:
+        page, errors = _open(browser, url)
+        for key in "an":
+            page.keyboard.press(key)
+        _wait(lambda: len(session.log.actions) == 2, timeout=30)
+        assert not errors, errors
+    finally:
+        for s in stalled:
+            s.close()

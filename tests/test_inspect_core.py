@@ -13,10 +13,11 @@ from astropy.table import Table
 
 from deepmine.inference.catalog import write_catalog
 from deepmine.inference.errors import InputError
-from deepmine.inference.inspect_app import InspectSession, default_grades_path, make_server, serve_in_thread, server_url
+from deepmine.inference.inspect_app import InspectSession, default_grades_path
 from deepmine.inference.inspect_cutouts import read_catalog, select_top, top_count
 from deepmine.inference.inspect_export import export_grades, rows_path
 from deepmine.inference.inspect_grades import GradeLog, combine_grades, read_actions
+from deepmine.inference.inspect_server import make_server, serve_in_thread, server_url
 from deepmine.inference.metadata import ModelMetadata
 
 
@@ -359,7 +360,7 @@ def test_bad_content_lengths_are_refused_and_closed(server, length, code):
 def test_stalled_connections_neither_hold_the_server_nor_block_a_grader(server, monkeypatch):
     """Clients that declare a body and never send it: they time out, and a grader grading beside
     them is served at once; connections beyond the bound get 503 instead of a thread."""
-    import deepmine.inference.inspect_app as ia
+    import deepmine.inference.inspect_server as ia
 
     _, url, session = server
     port = int(url.rstrip("/").rsplit(":", 1)[1])

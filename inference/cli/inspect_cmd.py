@@ -73,7 +73,8 @@ def serve(
     """Serve a local page to view and grade the top candidates: A / B / C (lens grades), N (not a
     lens), X (artefact), U undo, arrows to move. Every grade is saved at once; restarting
     resumes. Stop with Ctrl-C."""
-    from ..inspect_app import InspectSession, make_server, server_url
+    from ..inspect_app import InspectSession
+    from ..inspect_server import make_server, server_url
 
     existing_file(catalog, "catalogue")
     for c in cutouts or []:
