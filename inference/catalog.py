@@ -9,8 +9,12 @@ Columns (astropy Table, one row per scanned object, sorted by ``id``)
     cutout file; for a survey scan, the source catalogue; for tiles, the first band image).
 ``index`` int64
     Index of the object within ``source`` (catalogue row, tile number; 0 for a cutout file).
-``ra``, ``dec`` float64 (deg); ``x``, ``y`` float64 (0-based pixels of the survey image)
-    NaN where unknown (stacks and cutout files).
+``ra``, ``dec`` float64, unit ``deg``; ``x``, ``y`` float64, unit ``pix`` (0-based pixels of the
+    survey image). NaN where unknown (stacks and cutout files). Units are in every format
+    (FITS ``TUNITn``, the ECSV header, Parquet's table metadata).
+kept columns (survey scans)
+    The source catalogue's id/name-like columns, or those of ``--keep-columns``, after ``flags``
+    (``cat_<name>`` where the name is a catalogue column; :mod:`deepmine.inference.sourcecat`).
 ``logit`` float32
     Positive-class log-odds: rank on this, not on the probability, which saturates.
 ``probability`` float32
@@ -176,7 +180,11 @@ def _write_parquet(table, path: Path) -> None:
         null = np.isnan(data) if name in NULLABLE_COLUMNS and data.dtype.kind == "f" else None
         cols[name] = pa.array(data, mask=null if null is not None and null.any() else None)
     meta = {b"table_meta_yaml": "\n".join(get_yaml_from_table(table)).encode("utf-8")}
-    pq.write_table(pa.table(cols).replace_schema_metadata(meta), path)
+    fields = []  # units also as per-field metadata, which readers other than astropy's show
+    for name, arr in cols.items():
+        unit = table[name].unit
+        fields.append(pa.field(name, arr.type, metadata={b"unit": str(unit).encode()} if unit is not None else None))
+    pq.write_table(pa.Table.from_arrays(list(cols.values()), schema=pa.schema(fields, metadata=meta)), path)
 
 
 def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
@@ -243,6 +251,9 @@ def _read_parquet(p: Path):
         meta = header.get("meta") if isinstance(header, dict) else None
         if isinstance(meta, dict):
             table.meta.update(meta)
+        for col in (header.get("datatype") or []) if isinstance(header, dict) else []:
+            if isinstance(col, dict) and col.get("unit") and col.get("name") in table.colnames:
+                table[col["name"]].unit = col["unit"]
     return table
 
 
@@ -283,8 +294,10 @@ def read_catalog(path: str | os.PathLike):
         dt = table[name].dtype
         if dt.kind == "O":
             table[name] = np.asarray(table[name], dtype=str)
-        elif dt.kind in "uif" and not dt.isnative:  # FITS is big-endian
+        elif dt.kind in "uif" and not dt.isnative:  # FITS is big-endian; units and descriptions kept
+            unit, desc = table[name].unit, table[name].description
             table[name] = np.asarray(table[name]).astype(dt.newbyteorder("="))
+            table[name].unit, table[name].description = unit, desc
     missing = [c for c in ("id", "logit", "probability", "ordinality", "flags") if c not in table.colnames]
     if missing:
         raise file_error(p, f"not a deepmine scan catalogue (no column {', '.join(missing)})")

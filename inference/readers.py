@@ -80,6 +80,7 @@ import numpy as np
 from .errors import InputError, file_error, first_line
 from .formats import FITS_SUFFIXES, is_fits
 from .metadata import ModelMetadata
+from .sourcecat import check_frame, check_keep, kept_columns, sky_columns, to_wcs_frame
 
 FLAG_NONFINITE = 1
 FLAG_BLANK = 2
@@ -160,6 +161,7 @@ class Block:
     y: np.ndarray
     valid: np.ndarray  # bool (N,): False where a file was skipped (keep_going)
     skipped: list  # [(path, reason)]
+    extra: dict = field(default_factory=dict)  # kept source-catalogue columns (survey scans)
 
 
 # ----------------------------------------------------------------------------------------
@@ -447,7 +449,8 @@ def _read_wcs(path: str, hdu: int):
             raise file_error(path, f"unreadable WCS ({first_line(exc)})") from None
 
 
-def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col, check_scale=True) -> SourceSpec:
+def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col, check_scale=True, keep=None,
+                    frame="icrs") -> SourceSpec:
     from astropy.table import Table
 
     images, hdus, shape, scale = _resolve_images(paths, meta, check_scale)
@@ -477,7 +480,8 @@ def _resolve_survey(paths, meta, catalog, ra_col, dec_col, x_col, y_col, check_s
             raise file_error(cat, f"--{opt.replace('_', '-')}: no column {col!r} (has {', '.join(names)})")
     if "ra_col" in cols and _read_wcs(images[0], hdus[0]) is None:
         raise file_error(images[0], "has no WCS in its header, so RA/Dec cannot be placed; pass --x-col/--y-col")
-    opts = {"hdus": hdus, "image_shape": list(shape), "catalog": str(cat), "pixel_scale": scale, **cols}
+    opts = {"hdus": hdus, "image_shape": list(shape), "catalog": str(cat), "pixel_scale": scale, **cols,
+            "keep": check_keep(keep, names, cat), "frame": check_frame(frame)}
     return SourceSpec("survey", images, len(table), str(cat), opts)
 
 
@@ -512,6 +516,8 @@ def resolve_inputs(
     stride: int | None = None,
     keep_going: bool = False,
     check_pixel_scale: bool = True,
+    keep_columns: list[str] | None = None,
+    frame: str = "icrs",
 ) -> tuple[list[SourceSpec], list[tuple[str, str]]]:
     """Describe the inputs of a scan, checking each against the model.
 
@@ -525,6 +531,9 @@ def resolve_inputs(
     keep_going : skip unreadable inputs instead of raising; they are returned as skipped
     check_pixel_scale : refuse inputs whose WCS pixel scale differs from the model's by more
         than 5 % (False: accept them; see the module docstring)
+    keep_columns : source-catalogue columns copied into the candidate catalogue (None: the
+        id/name-like ones; ``[]``: none) — :mod:`deepmine.inference.sourcecat`
+    frame : astropy frame of the catalogue's RA/Dec columns (default ``icrs``)
 
     Returns
     -------
@@ -541,11 +550,12 @@ def resolve_inputs(
     if catalog is not None and (tile is not None or stride is not None):
         raise InputError("--catalog and --tile/--stride exclude each other: cut around sources or tile the image")
     if catalog is not None:
-        return [_resolve_survey(paths, metadata, catalog, ra_col, dec_col, x_col, y_col, check_pixel_scale)], []
+        return [_resolve_survey(paths, metadata, catalog, ra_col, dec_col, x_col, y_col, check_pixel_scale,
+                                keep_columns, frame)], []
     if tile is not None or stride is not None:
         return [_resolve_tiles(paths, metadata, tile, stride, check_pixel_scale)], []
-    if any(v is not None for v in (ra_col, dec_col, x_col, y_col)):
-        raise InputError("--ra-col/--dec-col/--x-col/--y-col need --catalog")
+    if any(v is not None for v in (ra_col, dec_col, x_col, y_col)) or keep_columns:
+        raise InputError("--ra-col/--dec-col/--x-col/--y-col/--keep-columns need --catalog")
     specs, skipped = [], []
     for p in paths:
         try:
@@ -626,47 +636,10 @@ def _read_one_fits_cutout(path: str, meta: ModelMetadata) -> np.ndarray:
     return arr.reshape(tuple(meta.input_shape))
 
 
-def _sky_columns(table, ra_col: str, dec_col: str, catalog: str, col) -> tuple[np.ndarray, np.ndarray]:
-    """RA, Dec in degrees from a source catalogue: numbers in degrees, or strings read by
-    :class:`astropy.coordinates.SkyCoord` — degrees (``"150.1"``) or sexagesimal (RA in hours
-    ``"10:00:24.0"`` / ``"10h00m24s"``, Dec in degrees ``"+02:12:00"``). Blank entries are NaN."""
-    ra_c, dec_c = table[ra_col], table[dec_col]
-    if np.asarray(ra_c).dtype.kind not in "USO" and np.asarray(dec_c).dtype.kind not in "USO":
-        return col(ra_col), col(dec_col)
-    import astropy.units as u
-    from astropy.coordinates import SkyCoord
-
-    def text(c):
-        vals = np.ma.asarray(c)
-        mask = np.ma.getmaskarray(vals)
-        out = np.array([("" if m else str(v)).strip() for v, m in zip(vals.data, mask)], dtype=object)
-        return out
-
-    ras, decs = text(ra_c), text(dec_c)
-    ok = (ras != "") & (decs != "")
-    ra = np.full(len(ras), np.nan)
-    dec = np.full(len(ras), np.nan)
-    if ok.any():
-        r, d = ras[ok].astype(str), decs[ok].astype(str)
-        sexagesimal = any((":" in v) or ("h" in v.lower()) or (" " in v) for v in r[:100])
-        unit = (u.hourangle, u.deg) if sexagesimal else (u.deg, u.deg)
-        try:
-            c = SkyCoord(r, d, unit=unit)
-        except Exception:  # noqa: BLE001 - find the first row astropy cannot read, for the message
-            for i in np.flatnonzero(ok):
-                try:
-                    SkyCoord(ras[i], decs[i], unit=unit)
-                except Exception as exc:  # noqa: BLE001
-                    raise file_error(catalog, f"row {i}: cannot read RA/Dec {ras[i]!r}, {decs[i]!r} as degrees or "
-                                     f"sexagesimal ({first_line(exc)})") from None
-            raise
-        ra[ok], dec[ok] = c.ra.deg, c.dec.deg
-    return ra, dec
-
-
 @functools.lru_cache(maxsize=4)
-def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, x_col, y_col):
-    """(x, y, ra, dec) float64 arrays of a source catalogue (cached per process)."""
+def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, x_col, y_col, frame="icrs"):
+    """(x, y, ra, dec) float64 arrays of a source catalogue (cached per process; RA/Dec in
+    ``frame``, see :mod:`deepmine.inference.sourcecat`)."""
     from astropy.table import Table
 
     try:
@@ -682,7 +655,7 @@ def _positions(catalog: str, mtime: int, image: str, hdu: int, ra_col, dec_col, 
 
     wcs = _read_wcs(image, hdu)
     if ra_col is not None:
-        ra, dec = _sky_columns(table, ra_col, dec_col, catalog, col)
+        ra, dec = to_wcs_frame(*sky_columns(table, ra_col, dec_col, catalog, col), frame, wcs)
         x, y = wcs.all_world2pix(ra, dec, 0) if len(ra) else (ra.copy(), dec.copy())
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     else:
@@ -713,7 +686,11 @@ def _read_survey(spec: SourceSpec, start: int, stop: int, meta: ModelMetadata, b
     n = stop - start
     if spec.kind == "survey":
         x, y, ra, dec = _positions(o["catalog"], os.stat(o["catalog"]).st_mtime_ns, spec.paths[0], o["hdus"][0],
-                                   o.get("ra_col"), o.get("dec_col"), o.get("x_col"), o.get("y_col"))
+                                   o.get("ra_col"), o.get("dec_col"), o.get("x_col"), o.get("y_col"),
+                                   o.get("frame", "icrs"))
+        if o.get("keep"):
+            kept = kept_columns(o["catalog"], os.stat(o["catalog"]).st_mtime_ns, tuple(o["keep"]))
+            block.extra = {k: v[start:stop] for k, v in kept.items()}
         bx, by = x[start:stop], y[start:stop]
         block.ra[:], block.dec[:] = ra[start:stop], dec[start:stop]
         block.x[:], block.y[:] = bx, by

@@ -240,6 +240,8 @@ def scan(
     check_pixel_scale: bool = True,
     overwrite: bool = False,
     allow_modified_model: bool = False,
+    keep_columns: list[str] | None = None,
+    frame: str = "icrs",
 ) -> ScanResult:
     """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
 
@@ -270,6 +272,9 @@ def scan(
     overwrite : replace existing outputs (catalogues, ``_top.ecsv``, mosaic); never an input
     allow_modified_model : scan with a model whose stored content hash does not verify (the
         catalogue records the mismatch in ``DM_WARN``)
+    keep_columns : source-catalogue columns copied into the candidate catalogue (survey scans;
+        None: the id/name-like ones, ``[]``: none; :mod:`deepmine.inference.sourcecat`)
+    frame : astropy frame of the source catalogue's RA/Dec (default ``icrs``)
 
     Resume plans, catalogues (``DM_SCID``) and the reference-pool check use the model's scoring
     identity (:mod:`deepmine.inference.identity`).
@@ -308,7 +313,7 @@ def scan(
         shard_size = 16 * b
     specs, skipped = resolve_inputs(inputs, model.metadata, catalog=catalog, ra_col=ra_col, dec_col=dec_col,
                                     x_col=x_col, y_col=y_col, tile=tile, stride=stride, keep_going=keep_going,
-                                    check_pixel_scale=check_pixel_scale)
+                                    check_pixel_scale=check_pixel_scale, keep_columns=keep_columns, frame=frame)
     if not specs:
         raise InputError("INPUT: nothing to scan (every input was skipped: "
                          + "; ".join(r for _, r in skipped) + ")")

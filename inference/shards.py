@@ -18,7 +18,11 @@ duplicate ids).
 
 Part file arrays: ``id`` int64, ``source_idx`` int32 into ``sources`` (str), ``index`` int64,
 ``ra``/``dec``/``x``/``y`` float64, ``logit``/``probability`` float32, ``flags`` int32,
-``spec_index`` int32, ``skipped`` (str, k×2: path, reason).
+``spec_index`` int32, ``skipped`` (str, k×2: path, reason), and ``keep:<name>`` per source-catalogue
+column kept (``--keep-columns``; survey scans).
+
+The merged catalogue carries units: ``deg`` on ``ra``/``dec``, ``pix`` on ``x``/``y`` (FITS
+``TUNITn``, the ECSV header, Parquet's table metadata).
 """
 from __future__ import annotations
 
@@ -174,6 +178,7 @@ def run_shard(
     source_of: dict[str, int] = {}
     source_idx = np.zeros(n, np.int32)
     skipped: list[tuple[str, str]] = []
+    extra: dict[str, np.ndarray] = {}
 
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -196,6 +201,10 @@ def run_shard(
             for k in pos:
                 pos[k][sl] = getattr(block, k)
             valid[sl] = block.valid
+            for k, v in block.extra.items():
+                if k not in extra:
+                    extra[k] = np.zeros(n, dtype=v.dtype) if v.dtype.kind != "U" else np.empty(n, dtype=object)
+                extra[k][sl] = v
             for j, name in enumerate(block.source):
                 if name not in source_of:
                     source_of[name] = len(sources)
@@ -224,6 +233,8 @@ def run_shard(
         "sources": np.array(sources if sources else [""], dtype=str),
         "skipped": np.array(skipped, dtype=str).reshape(-1, 2),
     }
+    for k, v in extra.items():
+        arrays[f"keep:{k}"] = v[valid].astype(str) if v.dtype == object else v[valid]
     with atomic_path(part, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -275,12 +286,16 @@ def merge_parts(parts: Iterable[str | os.PathLike], *, reference=None, with_spec
     sources: list[str] = []
     source_of: dict[str, int] = {}
     skipped: list[list[str]] = []
+    kept: dict[str, list] = {}
     at = 0
     for p, size in zip(paths, sizes):
         d = _load_part(p)
         sl = slice(at, at + size)
         for k in names:
             cat[k][sl] = d[k]
+        for k in d:
+            if k.startswith("keep:"):
+                kept.setdefault(k[5:], []).append((at, d[k]))
         remap = np.array([source_of.setdefault(str(name), len(source_of)) for name in d["sources"]], dtype=np.int32)
         sources.extend(list(source_of)[len(sources):])
         if size:
@@ -288,6 +303,12 @@ def merge_parts(parts: Iterable[str | os.PathLike], *, reference=None, with_spec
         skipped.extend([list(r) for r in d["skipped"]])
         at += size
         del d
+    for k, pieces in kept.items():  # one array per kept column (parts without it: "" / NaN)
+        dt = np.result_type(*[a.dtype for _, a in pieces])
+        col = np.full(n, "" if dt.kind == "U" else (np.nan if dt.kind == "f" else 0), dtype=dt)
+        for start, a in pieces:
+            col[start:start + len(a)] = a
+        cat["keep:" + k] = col
     ids = cat["id"]
     if ids.size > 1 and not np.all(ids[1:] > ids[:-1]):
         order = np.argsort(ids, kind="stable")
@@ -318,8 +339,12 @@ def merge_parts(parts: Iterable[str | os.PathLike], *, reference=None, with_spec
             oref[finite] = pool.ordinality(logit if all_finite else logit[finite])
         out["ordinality_ref"] = oref
     out["flags"] = cat.pop("flags")
+    for k in kept:
+        out[k] = cat.pop("keep:" + k)
     if with_spec_index:
         out["spec_index"] = cat.pop("spec_index")
     table = Table(out, copy=False)
+    for k, unit in (("ra", "deg"), ("dec", "deg"), ("x", "pix"), ("y", "pix")):
+        table[k].unit = unit
     table.meta["skipped"] = skipped
     return table

@@ -25,6 +25,11 @@ def scan(
     dec_col: Optional[str] = typer.Option(None, "--dec-col", help="Dec column (deg) of --catalog [default: dec]."),
     x_col: Optional[str] = typer.Option(None, "--x-col", help="x column (0-based pixels) of --catalog."),
     y_col: Optional[str] = typer.Option(None, "--y-col", help="y column (0-based pixels) of --catalog."),
+    keep_columns: Optional[list[str]] = typer.Option(
+        None, "--keep-columns", help="--catalog columns copied into the candidate catalogue (comma-separated or "
+        "repeated; 'none' for none) [default: its id/name-like columns: id, name, object_id, objid, source_id, ...]."),
+    frame: str = typer.Option("icrs", "--frame", help="Astropy frame of the --catalog RA/Dec columns (icrs, fk5, "
+                              "fk4, galactic, ...); degrees or sexagesimal strings."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Tile the survey images (tile = the model's cutout size)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Tile stride in pixels [default: the tile size]."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Objects per onnxruntime call."),
@@ -77,7 +82,7 @@ def scan(
             formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
             y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
             check_pixel_scale=not accept_pixel_scale, overwrite=overwrite,
-            allow_modified_model=allow_modified_model,
+            allow_modified_model=allow_modified_model, keep_columns=keep_columns, frame=frame,
         )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
