@@ -1,6 +1,7 @@
 """``deepmine craft``: synthesize lenses or non-lens scenes with LensCrafter, or a preview grid."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -67,7 +68,27 @@ def craft(
                                        "table is written beside it as <name>.ecsv."),
     params: Optional[Path] = typer.Option(None, "--params", "-p", help="Lens parameter table (ECSV/FITS) "
                                           "instead of random draws from the priors."),
-    negatives: bool = typer.Option(False, "--negatives", help="Craft non-lens scenes instead of lenses."),
+    negatives: bool = typer.Option(False, "--negatives/--no-negatives", help="Craft non-lens scenes instead of "
+                                   "lenses."),
+    onto: Optional[Path] = typer.Option(None, "--onto", help="Paint LensCrafter arcs onto real deflector cutouts "
+                                        "in flux units: a FITS cube N×3×H×W (or .npy) or a directory of FITS "
+                                        "cutouts 3×H×W; needs a zero point and a gain (header or options). See "
+                                        "docs/lenscrafter.md, 'Arcs on real galaxies'."),
+    zero_point: Optional[str] = typer.Option(None, "--zero-point", help="--onto: AB zero point of the cutouts' "
+                                             "flux unit, one for all bands or one per band (comma-separated, "
+                                             "the file's band order)."),
+    gain: Optional[str] = typer.Option(None, "--gain", help="--onto: electrons per count (one or one per band), "
+                                       "for the arc's photon noise."),
+    exptime: Optional[str] = typer.Option(None, "--exptime", help="--onto: exposure time, s (one or one per "
+                                          "band), for cutouts in counts per second: e-/unit = gain × exptime."),
+    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: Gaussian PSF FWHM, arcsec (one or "
+                                           "one per band); default HSC-Wide seeing."),
+    theta_e: Optional[str] = typer.Option(None, "--theta-e", help="--onto: θ_E prior MIN,MAX in arcsec "
+                                          "(uniform; default 0.8,2.8)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="--onto: the cutouts' band order, e.g. g,r,i "
+                                        "(default: the header's BANDS card, else i,r,g); output is i,r,g."),
+    float_out: bool = typer.Option(False, "--float", help="Write float32 flux instead of the uint8 stack "
+                                   "(same as --dtype float32)."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="Comma-separated negative kinds (default all): "
                                         "elliptical,disc,spiral,ring,field,star,blend,artefact."),
     field: Optional[float] = typer.Option(None, "--field", min=0.0, max=50.0, help="Field population "
@@ -81,8 +102,11 @@ def craft(
     no_psf: bool = typer.Option(False, "--no-psf", help="No PSF convolution."),
     psf: Optional[Path] = typer.Option(None, "--psf", help="PSF kernel file (.npy or FITS; K×K or 3×K×K in "
                                        "channel order i, r, g; K odd). Default: Gaussian, HSC seeing."),
-    size: int = typer.Option(64, "--size", min=8, max=1024, help="Cutout side, pixels."),
-    pixel_scale: float = typer.Option(0.168, "--pixel-scale", min=0.001, max=10.0, help="Arcsec per pixel."),
+    size: Optional[int] = typer.Option(None, "--size", min=8, max=1024, help="Cutout side, pixels (default 64; "
+                                       "with --onto: checked against the cutouts)."),
+    pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", min=0.001, max=10.0, help="Arcsec per "
+                                                "pixel (default 0.168; with --onto: the WCS's, checked against "
+                                                "this when both are given)."),
     supersample: int = typer.Option(1, "--supersample", min=1, max=16, help="Sub-pixel samples per axis."),
     dtype: str = typer.Option("uint8", "--dtype", help="uint8 (percentile-normalised, as the scanner reads) "
                               "or float32 (counts, zero point 27)."),
@@ -93,11 +117,27 @@ def craft(
 ) -> None:
     """Synthesize strong lenses (SIE + Sersic source + Sersic lens light, PSF, noise; seed
     Figure 4.2) or realistic non-lens scenes with LensCrafter, as an N×3×H×W stack in channel
-    order i, r, g.
+    order i, r, g; or, with --onto, paint arcs onto a survey's own deflector cutouts.
     """
     import numpy as np
 
     from deepmine.inference.atomic import atomic_path, check_outputs
+
+    if float_out:
+        dtype = "float32"
+    if onto is not None:
+        _craft_onto(onto, out=out, n=n, params=params, negatives=negatives, kinds=kinds, field=field, seed=seed,
+                    no_noise=no_noise, no_psf=no_psf, psf=psf, size=size, pixel_scale=pixel_scale,
+                    supersample=supersample, dtype=dtype, preview=preview, overwrite=overwrite,
+                    zero_point=zero_point, gain=gain, exptime=exptime, psf_fwhm=psf_fwhm, theta_e=theta_e,
+                    bands=bands)
+        return
+    for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime),
+                     ("--psf-fwhm", psf_fwhm), ("--theta-e", theta_e), ("--bands", bands)):
+        if val is not None:
+            raise InputError(f"{opt} applies to --onto only")
+    size = 64 if size is None else size
+    pixel_scale = 0.168 if pixel_scale is None else pixel_scale
 
     if seed < 0:
         raise InputError(f"--seed: must be a whole number >= 0, got {seed}")
@@ -180,6 +220,51 @@ def craft(
         table.write(tmp, format="ascii.ecsv", overwrite=True)
     what = "negatives" if negatives else "lenses"
     err_console.print(f"wrote {total} {what} {out} ({dtype} {total}×3×{size}×{size}) and {table_path}")
+
+
+def _floats(text: Optional[str], option: str, count=None):
+    """'27' or '27,27.1,27.2' → list of floats (None stays None); one-line error otherwise."""
+    if text is None:
+        return None
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected comma-separated numbers") from None
+    if count is not None and len(vals) not in count:
+        raise InputError(f"{option} {text!r}: expected {' or '.join(map(str, count))} numbers, got {len(vals)}")
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"{option} {text!r}: expected finite numbers")
+    return vals
+
+
+def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no_noise, no_psf, psf, size,
+                pixel_scale, supersample, dtype, preview, overwrite, zero_point, gain, exptime, psf_fwhm, theta_e,
+                bands) -> None:
+    import numpy as np
+
+    from deepmine.inference.cli.common import progress_bar
+    from deepmine.lenscrafter.onto import craft_onto
+
+    for opt, bad in (("--n", n is not None), ("--params", params is not None), ("--negatives", negatives),
+                     ("--kinds", kinds is not None), ("--field", field is not None), ("--no-psf", no_psf),
+                     ("--preview", preview is not None)):
+        if bad:
+            raise InputError(f"{opt} does not apply to --onto (one arc is painted on every cutout of {onto})")
+    if out is None:
+        raise InputError("--out is required with --onto")
+    te = _floats(theta_e, "--theta-e", (2,))
+    if te is not None and not 0 < te[0] <= te[1]:
+        raise InputError(f"--theta-e {theta_e}: expected MIN,MAX with 0 < MIN <= MAX arcsec")
+    kern = _read_psf(psf) if psf is not None else None
+    with progress_bar() as prog:
+        table = craft_onto(onto, out, zero_point=_floats(zero_point, "--zero-point", (1, 3)),
+                           gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
+                           psf=kern, psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
+                           size=size, bands=bands, theta_e=te, seed=seed, dtype=dtype, overwrite=overwrite,
+                           inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample)
+    s = table.meta["size"]
+    err_console.print(f"wrote {len(table)} painted lenses {out} ({dtype} {len(table)}×3×{s}×{s}) and "
+                      f"{out.with_suffix('.ecsv')}; median S/N g {np.median(table['snr_g']):.1f}")
 
 
 def register(app: typer.Typer) -> None:
