@@ -9,7 +9,8 @@ Parameter tables and priors: :func:`reference_lens_params`, :func:`sample_lens_p
 (:mod:`.params` documents the columns). Batched synthesis: :func:`craft_lenses`,
 :func:`craft_negatives`. The field population around every scene (galaxies and stars from
 published counts, sizes and colours): :func:`field_population` (:mod:`.field`). Arcs painted
-onto real galaxy cutouts: :func:`paint_arcs` (:mod:`.paint`).
+onto real galaxy cutouts: :func:`paint_arcs` (:mod:`.paint`); as files, with the survey's
+calibration checked (``deepmine craft --onto``): :func:`craft_onto` (:mod:`.onto`).
 """
 # name → module; resolved on first access (PEP 562), so that importing a command module
 # (deepmine.lenscrafter.cli.*) for `deepmine --help` does not compile or load Numba.
@@ -25,6 +26,7 @@ _LAZY = {
     "craft_lenses": ".synth",
     **dict.fromkeys(("arc_snr", "paint_arcs"), ".paint"),
     "measure_light": ".galaxy_light",
+    **dict.fromkeys(("craft_onto", "read_deflectors"), ".onto"),
     "field_population": ".field",
 }
 
