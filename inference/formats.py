@@ -36,16 +36,16 @@ STACK_SUFFIXES = (".npy", *FITS_SUFFIXES)
 #: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV.
 TABLE_SUFFIXES = (*FITS_SUFFIXES, ".ecsv", ".parquet", ".csv")
 #: Figure files (``--plot``): the formats matplotlib writes without extra packages.
-PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".tif", ".tiff", ".webp")
 
 
 def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> Path:
-    """Refuse a figure path whose suffix names no figure format, in one line naming ``option``."""
-    p = Path(path)
-    if p.suffix.lower() not in PLOT_SUFFIXES:
-        raise file_error(p, f"{option}: unknown figure format {p.suffix or '(no suffix)'!r}; use one of "
-                         + ", ".join(PLOT_SUFFIXES))
-    return p
+    """Refuse a figure path whose suffix names no figure format, in one line naming ``option``
+    (:func:`deepmine.inference.pictures.picture_format`)."""
+    from .pictures import picture_format
+
+    picture_format(path, option)
+    return Path(path)
 
 
 def is_fits(path: str | os.PathLike) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError
 from .formats import HSC_BANDS
+from .pictures import picture_format
 
 __all__ = ["render_rgb", "write_mosaic", "STRETCHES"]
 
@@ -107,13 +108,14 @@ def write_mosaic(
     tile_px: int = 128,
     title: str | None = None,
 ) -> Path:
-    """Write a labelled grid of cutouts as a PNG (atomically).
+    """Write a labelled grid of cutouts as a PNG or JPEG (the suffix decides; atomically).
 
     Parameters
     ----------
     images : sequence of C×H×W cutouts (or an N×C×H×W array)
-    labels : one string per cutout (may hold a newline), drawn under it
-    path : output PNG
+    labels : one string per cutout (may hold newlines), drawn under it; a line wider than the
+        cutout is shortened on the right with "…"
+    path : output ``.png``, ``.jpg`` or ``.jpeg`` (other suffixes are refused)
     ncols : cutouts per row
     bands, stretch : passed to :func:`render_rgb`
     tile_px : displayed size of a cutout in pixels (nearest-neighbour upscaling)
@@ -149,7 +151,25 @@ def write_mosaic(
         rgb = Image.fromarray(render_rgb(img, bands, stretch)).resize((tile_px, tile_px), Image.NEAREST)
         canvas.paste(rgb, (x0, y0))
         for j, text in enumerate(str(label).split("\n")):
+            text = fit_text(text, tile_px + pad // 2, lambda t: draw.textlength(t, font=font))
             draw.text((x0, y0 + tile_px + 2 + j * line_h), text, fill=(235, 235, 235), font=font)
-    with atomic_path(path, suffix=".png") as tmp:
-        canvas.save(tmp, format="PNG")
+    fmt = picture_format(path, "--mosaic", raster=True)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        canvas.save(tmp, format=fmt.upper(), **({"quality": 92} if fmt == "jpeg" else {}))
     return Path(path)
+
+
+def fit_text(text: str, width: float, measure) -> str:
+    """``text`` shortened on the right with "…" until ``measure(text) <= width`` (the start of
+    an id or a file name says most, so the end goes first)."""
+    if measure(text) <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        if measure(text[:mid].rstrip() + "…") <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + "…"
+

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, file_error
+from .pictures import picture_format
 from .progress import stage
 
 __all__ = ["scan", "ScanResult", "select_top", "mosaic_of", "parts_dir"]
@@ -184,17 +185,36 @@ def select_top(table, top: float | int | None, *, column: str | None = None):
     return table[rows]
 
 
+def _label(k: int, row, rank_col: str, kept: list, indexed: bool) -> str:
+    """Mosaic label: rank, id and the first kept source-catalogue column (e.g. a name); scores;
+    RA/Dec in degrees when known; the file (and row) it came from. Lines too wide for a cutout
+    are shortened on the right by :func:`deepmine.inference.mosaic.write_mosaic`."""
+    head = f"#{k + 1}  id {int(row['id'])}"  # two spaces: the mosaic font's space is narrow
+    if kept and str(row[kept[0]]).strip() not in ("", "--", "nan"):
+        head += f"  {row[kept[0]]}"
+    lines = [head, f"logit {float(row['logit']):.3f}  ord {float(row[rank_col]):.5f}"]
+    ra, dec = float(row["ra"]), float(row["dec"])
+    if np.isfinite(ra) and np.isfinite(dec):
+        lines.append(f"{ra:.5f}  {dec:+.5f}")
+    where = Path(str(row["source"])).name + (f"[{int(row['index'])}]" if indexed else "")
+    flags = int(row["flags"])
+    lines.append(where + (f"  flags {flags}" if flags else ""))
+    return "\n".join(lines)
+
+
 def mosaic_of(top, specs, metadata, path, *, max_cutouts: int = MOSAIC_MAX, ncols: int = 8,
               stretch: str = "percentile") -> Path:
     """Write the mosaic of the first ``max_cutouts`` rows of ``top`` (needs ``spec_index``)."""
     from .mosaic import write_mosaic
     from .readers import read_block
+    from .shards import CATALOG_COLUMNS
 
     rows = top[:max_cutouts]
     if len(rows) == 0:
         raise InputError("--mosaic: no candidates above the --top cut to draw")
     images, labels = [], []
     rank_col = "ordinality_ref" if "ordinality_ref" in rows.colnames else "ordinality"
+    kept = [c for c in rows.colnames if c not in CATALOG_COLUMNS and c != "spec_index"]
     for k, row in enumerate(rows):
         spec = specs[int(row["spec_index"])]
         if spec.kind == "fits_dir":
@@ -203,11 +223,7 @@ def mosaic_of(top, specs, metadata, path, *, max_cutouts: int = MOSAIC_MAX, ncol
             i = int(row["index"])
         block = read_block(spec, i, i + 1, metadata)
         images.append(block.images[0])
-        where = Path(str(row["source"])).name
-        if spec.kind != "fits_dir":
-            where += f"[{int(row['index'])}]"
-        labels.append(f"#{k + 1}  id {int(row['id'])}  flags {int(row['flags'])}\n"
-                      f"logit {float(row['logit']):.3f}  ord {float(row[rank_col]):.5f}\n{where[-22:]}")
+        labels.append(_label(k, row, rank_col, kept, spec.kind != "fits_dir"))
     title = f"top {len(rows)} of {len(top)} candidates (ranked by logit; {rank_col})"
     return write_mosaic(images, labels, path, ncols=ncols, bands=metadata.bands, stretch=stretch, title=title)
 
@@ -258,7 +274,7 @@ def scan(
     reference : :class:`~deepmine.inference.pool.ReferencePool` or its path → ``ordinality_ref``
     top : fraction (< 1) or count (≥ 1) of top candidates to write to ``<stem>_top.ecsv``;
         with ``mosaic`` and no ``top``, the seed's cut (ordinality > 0.995)
-    mosaic : PNG path for the labelled grid of the top candidates (at most 64)
+    mosaic : PNG or JPEG path (the suffix decides) for the labelled grid of the top candidates (at most 64)
     keep_going : skip unreadable inputs and cutouts (listed in the result and the catalogue)
     progress : a :class:`~deepmine.inference.progress.Progress` (one stage, ``"scanning"``, in
         cutouts) or None for none
@@ -296,6 +312,7 @@ def scan(
     read = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     read += [catalog, resolve_model_path(model_path), None if isinstance(reference, ReferencePool) else reference]
     check_outputs(list(out_paths.values()) + [top_out, mosaic], read, overwrite)
+    picture_format(mosaic, "--mosaic", raster=True)
     warnings = []
     note = check_content_hash(resolve_model_path(model_path), allow_modified_model)
     if note:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .pictures import save_figure
 from .ranking import TracerRecoveryCurve
 
 
@@ -61,7 +61,6 @@ def plot_trc(
     fig.suptitle(sub, fontsize=10, y=0.02, va="bottom")
     axes[0].legend(loc="lower left", fontsize=8, framealpha=0.9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    with atomic_path(path, suffix=Path(path).suffix or ".png") as tmp:
-        fig.savefig(tmp, dpi=120, format=(Path(path).suffix.lstrip(".") or "png"))
+    save_figure(fig, path, "--plot", dpi=120)
     plt.close(fig)
     return Path(path)

@@ -48,13 +48,17 @@ def to_rgb(images) -> np.ndarray:
 
 def write_preview(path, *, seed: int = 0, literal: bool = False, noise: bool = True, psf=True,
                   size: int = 64, pixel_scale: float = 0.168) -> Table:
-    """Render the preview grid and write it as an image (PNG, PDF, SVG); return its lens table."""
+    """Render the preview grid and write it as an image (PNG, JPEG, PDF, SVG: the suffix decides,
+    others are refused before any work); return its lens table."""
+    from deepmine.inference.pictures import picture_format
+
+    picture_format(path, "--preview")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepmine.inference.atomic import atomic_path
+    from deepmine.inference.pictures import save_figure
 
     from .synth import craft_lenses
 
@@ -76,7 +80,6 @@ def write_preview(path, *, seed: int = 0, literal: bool = False, noise: bool = T
     fig.suptitle(f"LensCrafter: variations of the Figure 4.2 reference lens (i, r, g → R, G, B; "
                  f"{size}×{size} px at {pixel_scale}″)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png")
+    save_figure(fig, path, "--preview")
     plt.close(fig)
     return params

@@ -25,12 +25,9 @@ def _setup():
 
 
 def _save(fig, path) -> Path:
-    from deepmine.inference.atomic import atomic_path
+    from deepmine.inference.pictures import save_figure
 
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        fig.savefig(tmp, dpi=110, format=(p.suffix.lstrip(".") or "png"))
-    return p
+    return save_figure(fig, path, "--plot")
 
 
 def _log_axis(axis) -> None:
@@ -68,6 +65,15 @@ def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
     path : output image (PNG, PDF, SVG), written atomically
     names : axes to show (default: all)
     """
+    plt = _setup()
+    fig = corner_figure(sel, names=names, title=title)
+    p = _save(fig, path)
+    plt.close(fig)
+    return p
+
+
+def corner_figure(sel, *, names=None, title: str | None = None):
+    """The matplotlib figure of :func:`plot_corner` (every label inside the figure)."""
     plt = _setup()
     axes_all = sel.grid.axes if names is None else [sel.grid.axis(n) for n in names]
     k = len(axes_all)
@@ -107,16 +113,16 @@ def plot_corner(sel, path, *, names=None, title: str | None = None) -> Path:
             elif i != j:
                 ax.tick_params(labelleft=False)
     if mesh is not None:
-        cax = fig.add_axes([0.62, 0.72, 0.3, 0.025] if k > 2 else [0.68, 0.74, 0.26, 0.03])
+        # in the empty upper triangle, clear of the diagonal panels' "detected" labels; the label
+        # on two lines so that it stays inside the figure however few axes there are
+        cax = fig.add_axes([0.62, 0.72, 0.3, 0.025] if k > 2 else [0.62, 0.80, 0.30, 0.03])
         cb = fig.colorbar(mesh, cax=cax, orientation="horizontal")
-        cb.set_label(f"detection fraction (ordinality > {sel.cut:g})", fontsize=9)
+        cb.set_label(f"detection fraction\n(ordinality > {sel.cut:g})", fontsize=9)
         cb.ax.tick_params(labelsize=8)
     fig.suptitle(title or _title(sel), fontsize=10, y=0.995)
     fig.subplots_adjust(left=0.55 / size + 0.03, right=1 - 0.75 / size, bottom=0.5 / size + 0.02,
                         top=1 - 0.55 / size, wspace=0.08, hspace=0.08)
-    p = _save(fig, path)
-    plt.close(fig)
-    return p
+    return fig
 
 
 def plot_completeness(sel, path, *, x_names=("theta_e", "m_arc"), title: str | None = None) -> Path:

@@ -111,3 +111,84 @@ def test_frame_transforms_catalogue_coordinates(tmp_path):
     with pytest.raises(InputError, match="--frame: unknown frame 'nosuch'"):
         scan([str(f) for f in files], toy, tmp_path / "h.ecsv", formats=["ecsv"], catalog=tmp_path / "gal.ecsv",
              ra_col="l", dec_col="b", frame="nosuch")
+
+
+# ---------------------------------------------------------------------------------------------
+# pictures: format from the suffix, labels with id and RA/Dec shortened on the right, corner plot
+# ---------------------------------------------------------------------------------------------
+def test_fit_text_shortens_on_the_right():
+    from deepmine.inference.mosaic import fit_text
+
+    assert fit_text("short", 10, len) == "short"
+    out = fit_text("survey_cutouts.npy[2732]", 12, len)
+    assert out.startswith("survey_cut") and out.endswith("…") and len(out) <= 12
+
+
+def test_picture_format_follows_the_suffix_or_is_refused(tmp_path):
+    import pytest
+
+    from deepmine.inference.errors import InputError
+    from deepmine.inference.pictures import picture_format
+
+    assert picture_format(tmp_path / "a.PNG", raster=True) == "png"
+    assert picture_format(tmp_path / "a.jpg", raster=True) == picture_format(tmp_path / "a.jpeg") == "jpeg"
+    assert picture_format(tmp_path / "a.pdf") == "pdf"
+    for bad, raster in (("a.pdf", True), ("a.gif", False), ("a", False)):
+        with pytest.raises(InputError, match="--mosaic: unknown figure format") as exc:
+            picture_format(tmp_path / bad, "--mosaic", raster=raster)
+        assert "\n" not in str(exc.value)
+
+
+def test_mosaic_jpeg_and_labels_with_name_and_radec(tmp_path, cli):
+    import numpy as np
+    from astropy.table import Table
+    from fixtures_models import make_classifier
+    from PIL import Image
+
+    from deepmine.inference.scanner import _label
+
+    toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
+    files, w = _survey_files(tmp_path)
+    ra, dec = w.all_pix2world([40.0, 80.0, 60.0], [70.0, 30.0, 60.0], 0)
+    Table({"ra": ra, "dec": dec, "name": ["SDSS J0040-0500 a very long name", "b", "c"]}).write(tmp_path / "s.ecsv")
+    common = ("--catalog", tmp_path / "s.ecsv", "--model", toy, "--format", "ecsv", "--top", 3)
+    rc, _, err = cli("scan", *files, *common, "--out", tmp_path / "c.ecsv", "--mosaic", tmp_path / "m.jpg")
+    assert rc == 0, err
+    with Image.open(tmp_path / "m.jpg") as im:
+        assert im.format == "JPEG"
+    rc, _, err = cli("scan", *files, *common, "--out", tmp_path / "d.ecsv", "--mosaic", tmp_path / "m.gif")
+    assert rc != 0 and "m.gif: --mosaic: unknown figure format '.gif'" in err
+    assert not (tmp_path / "d.ecsv").exists()  # refused before scanning
+    t = Table.read(tmp_path / "c.ecsv")
+    row = t[np.flatnonzero(t["name"] == "SDSS J0040-0500 a very long name")[0]]
+    lab = _label(0, row, "ordinality", ["name"], True).split("\n")
+    assert lab[0].startswith("#1  id ") and "SDSS J0040" in lab[0]
+    assert lab[2] == f"{row['ra']:.5f}  {row['dec']:+.5f}" and lab[3].startswith("s.ecsv[")
+
+
+def test_corner_plot_labels_inside_the_figure():
+    import numpy as np
+    from astropy.table import Table
+
+    from deepmine.lenscrafter.selection import assemble
+    from deepmine.lenscrafter.selection_grid import SelectionGrid, default_grid
+    from deepmine.lenscrafter.selection_plot import corner_figure
+
+    for k in (2, 3, 6):
+        g = SelectionGrid(axes=default_grid().axes[:k])
+        n = np.full(g.n_cells, 10)
+        part = Table({"cell": np.arange(g.n_cells), "n": n, "n_detected": n // 2, "sum_ordinality": n * 0.5,
+                      "median_logit": np.zeros(g.n_cells, np.float32), "craft_s": np.ones(g.n_cells),
+                      "scan_s": np.ones(g.n_cells)})
+        fig = corner_figure(assemble(g, [part], provenance={"cut": 0.995}))
+        fig.canvas.draw()
+        box = fig.bbox
+        labels = [a.xaxis.label for a in fig.axes] + [a.yaxis.label for a in fig.axes] + list(fig.texts)
+        assert any("detection fraction" in t.get_text() for t in labels)
+        for text in [t for t in labels if t.get_visible() and t.get_text()]:
+            ext = text.get_window_extent()
+            assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1, \
+                (k, text.get_text())
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
