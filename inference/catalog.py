@@ -80,9 +80,19 @@ def parse_formats(text: str | None) -> list[str]:
 
 
 def catalog_paths(out: str | os.PathLike, formats: list[str]) -> dict[str, Path]:
-    """Output path per format: ``out`` with its suffix replaced (``out`` itself for its own format)."""
+    """Output path per format: ``out`` with its table suffix replaced (``out`` itself for its own
+    format). Table suffixes (``.fits``, ``.fit``, ``.fits.gz``, ``.ecsv``, ``.parquet``, ``.csv``,
+    ``.txt``, ``.dat``, ``.vot``, ``.xml``, ``.h5``, ``.hdf5``) are replaced — ``cat.csv`` →
+    ``cat.fits``, ``cat.ecsv`` —; any other name gets the format's suffix appended
+    (``scan.v2`` → ``scan.v2.fits``). An existing folder is refused: name a file inside it."""
     p = Path(out)
-    stem = p.with_suffix("") if p.suffix.lower() in SUFFIX.values() or p.suffix.lower() in (".fit",) else p
+    if p.is_dir():
+        raise file_error(p, f"--out: is a folder; name the catalogue file, e.g. {p / 'candidates.fits'}")
+    low = p.name.lower()
+    table_suffixes = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts", ".ecsv", ".parquet", ".csv", ".txt", ".dat",
+                      ".vot", ".xml", ".h5", ".hdf5")
+    cut = next((s for s in table_suffixes if low.endswith(s) and len(low) > len(s)), None)
+    stem = p.with_name(p.name[: -len(cut)]) if cut else p
     paths = {}
     for f in formats:
         paths[f] = p if p.suffix.lower() == SUFFIX[f] else Path(str(stem) + SUFFIX[f])

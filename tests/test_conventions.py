@@ -192,3 +192,73 @@ def test_corner_plot_labels_inside_the_figure():
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI habits: flags, short options, --out suffix rules, no wrapping into files
+# ---------------------------------------------------------------------------------------------
+def _commands():
+    import typer.main
+
+    from deepmine.inference.cli.app import app
+
+    group = typer.main.get_command(app)
+    out = {}
+
+    def walk(cmd, name):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for sub_name, sub in subs.items():
+                walk(sub, f"{name} {sub_name}".strip())
+        else:
+            out[name] = cmd
+
+    walk(group, "")
+    return out
+
+
+def test_flags_take_no_value_and_short_options_have_one_meaning():
+    import click
+
+    commands = _commands()
+    assert "scan" in commands and "rank" in commands
+    meaning: dict[str, set] = {}
+    for name, cmd in commands.items():
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            if isinstance(p.type, click.types.BoolParamType) or p.is_flag:
+                assert p.is_flag, f"{name} {p.opts}: a boolean option must be a flag (--x/--no-x), not take a value"
+            for short in [o for o in p.opts + p.secondary_opts if len(o) == 2 and o.startswith("-")]:
+                meaning.setdefault(short, set()).add(p.opts[0] if short != p.opts[0] else p.name)
+    for short, longs in meaning.items():
+        assert len(longs) == 1, f"short option {short} means {sorted(longs)} in different commands"
+
+
+def test_out_suffix_rules(tmp_path):
+    import pytest
+
+    from deepmine.inference.catalog import catalog_paths
+    from deepmine.inference.errors import InputError
+
+    fmts = ["fits", "ecsv"]
+    assert catalog_paths(tmp_path / "cat.csv", fmts) == {"fits": tmp_path / "cat.fits", "ecsv": tmp_path / "cat.ecsv"}
+    assert catalog_paths(tmp_path / "cat.ecsv", fmts)["ecsv"] == tmp_path / "cat.ecsv"
+    assert catalog_paths(tmp_path / "scan.v2", fmts)["fits"] == tmp_path / "scan.v2.fits"
+    (tmp_path / "somedir").mkdir()
+    with pytest.raises(InputError, match="--out: is a folder"):
+        catalog_paths(tmp_path / "somedir", fmts)
+
+
+def test_messages_are_not_wrapped_when_not_on_a_terminal():
+    import os
+    import subprocess
+    import sys
+
+    line = "next: deepmine scan " + " ".join(f"/data/survey_{k:03d}.fits" for k in range(12))
+    code = ("from deepmine.inference.cli.common import err_console, out_console; "
+            f"err_console.print({line!r}); out_console.print({line!r})")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == line and r.stdout.strip() == line

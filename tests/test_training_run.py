@@ -165,7 +165,7 @@ def test_resume_after_sigkill_of_the_cli(toy, tmp_path, request):
     import subprocess
     import time
 
-    common = ["eznet", str(toy / "tiny_eznet.toml"), "-p", str(toy / "pos.npy"), "-n", str(toy / "neg.npy"),
+    common = ["eznet", str(toy / "tiny_eznet.toml"), "--positives", str(toy / "pos.npy"), "--negatives", str(toy / "neg.npy"),
               "--device", "cpu", "--set", "epochs=8"]  # fmt: skip
     out = tmp_path / "killed"
     # bit-for-bit needs the same reduction order in the killed process and in this one: pin both
@@ -270,7 +270,7 @@ def test_extras_change_what_the_model_sees_or_are_refused(toy, tmp_path, cli):
     (tmp_path / "plain.toml").write_text('extends = "eznet"\nname = "plain"\n[[phase]]\nname = "main"\n'
                                          'extra_negatives = false\nextra_positives = false\n')
     before = sorted(p.name for p in tmp_path.iterdir())
-    rc, _, err = cli("train", "eznet", tmp_path / "plain.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+    rc, _, err = cli("train", "eznet", tmp_path / "plain.toml", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy",
                      "--extra-negatives", tmp_path / "fp.npy", "-o", tmp_path / "refused")
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert rc == 2 and "Traceback" not in err
@@ -286,11 +286,11 @@ def test_cli_train_eznet(toy, tmp_path, cli):
     summary = json.loads(out)
     assert summary["epochs"] == 2 and -1 <= summary["heldout"]["ranking_performance"] <= 1
     assert (tmp_path / "cli" / "model.pt").is_file()
-    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy",
                        "-o", tmp_path / "cli", "--set", "epochs=3", "--resume")  # fmt: skip
     assert rc == 2 and "different recipe" in err
     # nothing held out: the figures are null, not NaN (which is not JSON)
-    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy",
                        "-o", tmp_path / "cli0", "--set", "epochs=1", "--set", "data.test_fraction=0", "--json")  # fmt: skip
     assert rc == 0, err
     assert json.loads(out)["heldout"]["ranking_performance"] is None
@@ -314,12 +314,12 @@ def test_init_starts_from_an_earlier_runs_weights(toy, tmp_path, cli):
     assert init["heldout"]["ranking_performance"] == pytest.approx(a.heldout["ranking_performance"])
     assert load_checkpoint(a.model_path)[1]["provenance"]["init"] == {}
     # weights of another table: one line naming the file
-    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy",
                        "-o", tmp_path / "d", "--set", "model.table=[{kernels = 5, kernel = 3, size = 4}]",
                        "--init", a.model_path)  # fmt: skip
     last = err.strip().splitlines()[-1]  # (after the "training ... with recipe" line)
     assert rc == 2 and "model.pt" in last and "--init weights do not fit" in last and "Traceback" not in err
-    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "-p", toy / "pos.npy", "-n", toy / "neg.npy",
+    rc, out, err = cli("train", "eznet", toy / "tiny_eznet.toml", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy",
                        "-o", tmp_path / "e", "--init", tmp_path / "missing.pt")  # fmt: skip
     assert rc == 2 and "missing.pt" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()  # refused before anything is written
@@ -336,14 +336,14 @@ def test_init_starts_from_an_earlier_runs_weights(toy, tmp_path, cli):
 )
 def test_cli_train_errors(toy, tmp_path, cli, args, message):
     args = [str(toy / "tiny_eznet.toml") if a == "TINY" else a for a in args]
-    rc, out, err = cli("train", *args, "-p", toy / "pos.npy", "-n", toy / "neg.npy", "-o", tmp_path / "x")
+    rc, out, err = cli("train", *args, "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy", "-o", tmp_path / "x")
     assert rc == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_without_torch_says_what_to_install(toy, tmp_path, cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
-    rc, out, err = cli("train", "eznet", "eznet", "-p", toy / "pos.npy", "-n", toy / "neg.npy", "-o", tmp_path / "x")
+    rc, out, err = cli("train", "eznet", "eznet", "--positives", toy / "pos.npy", "--negatives", toy / "neg.npy", "-o", tmp_path / "x")
     assert rc == 3 and "pip install 'deepmine[train]'" in err
 
 

@@ -71,7 +71,7 @@ PY
 [ -f "$W/negatives.npy" ] || deepmine craft --n 80000 --negatives --out "$W/negatives.npy" --seed 202
 [ -f "$W/hard.npy" ] || deepmine craft --n 20000 --negatives --kinds ring,blend,artefact,elliptical \
     --out "$W/hard.npy" --seed 505
-DATA=(-p "$W/lenses.npy" -n "$W/negatives.npy" -n "$W/hard.npy")
+DATA=(--positives "$W/lenses.npy" --negatives "$W/negatives.npy" --negatives "$W/hard.npy")
 [ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --out "$W/stage1" --device "$DEVICE" --plot \
     ${STAGE1_SET[@]+"${STAGE1_SET[@]}"}
 [ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" \

@@ -164,8 +164,8 @@ def main() -> None:
         table, b = CONFIGS[name]
         e = plan[name]["epochs"]
         ms = sorted({max(1, round(0.6 * e)), max(2, round(0.85 * e))})
-        cmd = [*DEEPMINE, "train", "eznet", str(write_recipe(w, name, table, b)), "-p", files["lenses"],
-               "-n", files["negatives"], "-n", files["hard"], "--out", str(w / "runs" / name), "--device", a.device,
+        cmd = [*DEEPMINE, "train", "eznet", str(write_recipe(w, name, table, b)), "--positives", files["lenses"],
+               "--negatives", files["negatives"], "--negatives", files["hard"], "--out", str(w / "runs" / name), "--device", a.device,
                "--set", f"epochs={e}", "--set", f"schedule.milestones={ms}", "--set", "early_stop.patience=0",
                "--plot"]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS="2", COLUMNS="100")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +25,23 @@ from rich.progress import (
 
 from ..errors import InputError, file_error
 
+
+def _console(stderr: bool) -> Console:
+    """A console that wraps at the terminal's width on a terminal, and not at all when the output
+    goes to a file or a pipe (a suggested command or a path stays on one line); ``COLUMNS`` set
+    in the environment is obeyed either way."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    wide = not tty and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, width=100_000 if wide else None, soft_wrap=wide)
+
+
 #: Human-facing messages go to stderr; data (tables, JSON) to stdout.
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+err_console = _console(True)
+out_console = _console(False)
 
 
 def progress(transient: bool = False) -> Progress:

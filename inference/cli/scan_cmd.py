@@ -18,7 +18,7 @@ def scan(
     model: Optional[Path] = typer.Option(
         None, "--model", "-m", help="Exported classifier (.onnx). Default: the bundled model, when installed."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Catalogue path (the suffix is replaced per --format).",
+    out: Path = typer.Option(..., "--out", "-o", help="Catalogue file; a table suffix (.fits, .ecsv, .parquet, .csv, ...) is replaced per --format (cat.csv → cat.fits, cat.ecsv), other names get the suffix appended; a folder is refused.",
                              show_default=False),
     catalog: Optional[Path] = typer.Option(None, "--catalog", help="Source catalogue (ECSV/FITS/...) to cut around."),
     ra_col: Optional[str] = typer.Option(None, "--ra-col", help="RA column (deg) of --catalog [default: ra]."),

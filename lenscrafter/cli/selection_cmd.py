@@ -25,7 +25,7 @@ def selection(
         None, "--plot", help="Corner plot of all 2-D marginal cuts (PNG/PDF/SVG); the 1-D completeness curves vs "
         "θ_E and arc magnitude go beside it as STEM_completeness.EXT.",
     ),
-    per_cell: Optional[int] = typer.Option(None, "--per-cell", "-n", help="Lenses per cell (default: the grid file's per_cell, else 8; 4 on the default grid)."),
+    per_cell: Optional[int] = typer.Option(None, "--per-cell", help="Lenses per cell (default: the grid file's per_cell, else 8; 4 on the default grid)."),
     reference: Optional[Path] = typer.Option(
         None, "--reference", help="Stored reference pool (FITS) of negatives scored with this model.",
     ),

@@ -102,11 +102,11 @@ def _command(architecture: str):
     def command(
         config: str = typer.Argument(..., help=CONFIG_HELP, show_default=False),
         positives: list[Path] = typer.Option(
-            ..., "--positives", "-p", help="Positive cutouts (.npy or FITS, N×C×H×W; uint8 or float). Repeatable.",
+            ..., "--positives", help="Positive cutouts (.npy or FITS, N×C×H×W; uint8 or float). Repeatable.",
             show_default=False,
         ),
         negatives: list[Path] = typer.Option(
-            ..., "--negatives", "-n", help="Negative pool cutouts, same formats. Repeatable.", show_default=False
+            ..., "--negatives", help="Negative pool cutouts, same formats. Repeatable.", show_default=False
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (checkpoints, history.csv, model.pt).",
                                  show_default=False),  # fmt: skip

@@ -13,9 +13,9 @@ import typer
 
 def gan(
     config: str = typer.Argument(..., help="GAN recipe: a TOML file or a shipped one (gan, gan-fast, gan-tiny)."),
-    positives: list[Path] = typer.Option(..., "--positives", "-p", help="Lens cutouts (.npy/FITS, N×C×H×W); repeatable.",
+    positives: list[Path] = typer.Option(..., "--positives", help="Lens cutouts (.npy/FITS, N×C×H×W); repeatable.",
                                          show_default=False),
-    negatives: list[Path] = typer.Option(..., "--negatives", "-n", help="Non-lens cutouts for pre-training; repeatable.",
+    negatives: list[Path] = typer.Option(..., "--negatives", help="Non-lens cutouts for pre-training; repeatable.",
                                          show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoints, losses.csv, diversity.csv, "
                              "samples/*.png, augmented.npy, generator.pt.", show_default=False),
