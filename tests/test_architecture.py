@@ -184,4 +184,4 @@ def test_help_is_fast_and_imports_neither_torch_nor_numba_kernels():
         times.append(time.perf_counter() - t0)
     assert "HEAVY []" in out.stdout, out.stdout[-300:]
     assert "scan" in out.stdout and "train" in out.stdout
-    assert sorted(times)[1] < 1.5, times  # 0.4 s on the idle 2-core dev box; a guard against heavy imports
+    assert sorted(times)[1] < 2.5, times  # 0.4 s on the idle 2-core dev box; a guard against heavy imports
