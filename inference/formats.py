@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import file_error, first_line
 
-__all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "strip_suffix", "load_npy",
+__all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "band_name", "strip_suffix", "load_npy",
            "open_stack", "PLOT_SUFFIXES", "check_plot_path"]
 
 #: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
@@ -51,6 +51,23 @@ def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> Path:
 def is_fits(path: str | os.PathLike) -> bool:
     """Whether ``path``'s name ends with a FITS suffix (case-insensitive)."""
     return Path(path).name.lower().endswith(FITS_SUFFIXES)
+
+
+def band_name(value, bands=HSC_BANDS) -> str:
+    """A band named by a header card, as one of ``bands`` where it can be read as one:
+    ``"HSC-I"``, ``"hsc_i"``, ``"i"`` → ``"i"``; anything else lower-cased as it is.
+
+    >>> band_name("HSC-I"), band_name("r"), band_name("F814W")
+    ('i', 'r', 'f814w')
+    """
+    v = str(value).strip().lower()
+    if v in bands:
+        return v
+    for sep in ("-", "_", " ", "."):
+        tail = v.rsplit(sep, 1)[-1]
+        if tail in bands:
+            return tail
+    return v
 
 
 def strip_suffix(path: str | os.PathLike, suffixes=(*TABLE_SUFFIXES, ".npy")) -> Path:

@@ -78,7 +78,7 @@ import numba as nb
 import numpy as np
 
 from .errors import InputError, file_error, first_line
-from .formats import FITS_SUFFIXES, is_fits
+from .formats import FITS_SUFFIXES, band_name, is_fits
 from .metadata import ModelMetadata
 from .sourcecat import check_frame, check_keep, kept_columns, sky_columns, to_wcs_frame
 
@@ -388,14 +388,7 @@ def _band_of(header, bands: list[str]) -> str | None:
     for key in _BAND_KEYS:
         val = header.get(key)
         if isinstance(val, str) and val.strip():
-            v = val.strip().lower()
-            if v in bands:
-                return v
-            for sep in ("-", "_", " ", "."):
-                tail = v.rsplit(sep, 1)[-1]
-                if tail in bands:
-                    return tail
-            return v
+            return band_name(val, bands)
     return None
 
 

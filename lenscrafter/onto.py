@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from deepmine.inference.errors import InputError, file_error, first_line
-from deepmine.inference.formats import FITS_SUFFIXES, is_fits, open_stack
+from deepmine.inference.formats import FITS_SUFFIXES, band_name, is_fits, open_stack
 from deepmine.inference.progress import stage
 
 from .pipeline import BANDS, HSC
@@ -139,14 +139,7 @@ def _first_header(path: Path, files):
 
 def _band_name(value) -> str:
     """``"HSC-I"``, ``"hsc_i"``, ``"i"`` → ``"i"`` (the scanner's reading of FILTER cards)."""
-    v = str(value).strip().lower()
-    if v in BANDS:
-        return v
-    for sep in ("-", "_", " ", "."):
-        tail = v.rsplit(sep, 1)[-1]
-        if tail in BANDS:
-            return tail
-    return v
+    return band_name(value, BANDS)
 
 
 def _header_bands(header) -> tuple[str, ...] | None:
