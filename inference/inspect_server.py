@@ -107,6 +107,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, body: bytes, ctype: str, cache: bool = False) -> None:
+        try:
+            self._send_unguarded(status, body, ctype, cache)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):  # the client left: nothing to tell it
+            self.close_connection = True
+
+    def _send_unguarded(self, status: int, body: bytes, ctype: str, cache: bool) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
