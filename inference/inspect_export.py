@@ -134,6 +134,10 @@ def export_grades(grades: Sequence[str | os.PathLike], negatives: str | os.PathL
                 "source": np.array([v.source for v in needed], dtype=str),
                 "index": np.array([v.index for v in needed], dtype=np.int64)}
         store = CutoutStore.for_rows(rows, cutouts, dict.fromkeys(search), what=str(paths[0]), meta=meta)
+        read = {Path(q).resolve() for q in store.paths.values()}
+        for out in outs:
+            if out.resolve() in read or rows_path(out).resolve() in read:
+                raise file_error(out, "would write over a cutout stack the grades point at; choose another output")
         for kind, out in wanted:
             sel = groups[kind]
             if sel:

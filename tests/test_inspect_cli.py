@@ -146,3 +146,21 @@ def test_scan_inspect_export_loop(cli, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "fp.npy"), stack[np.asarray(rows["index"])])
     assert len(rows) == 3 and np.load(tmp_path / "found.npy").shape == (2, 3, 32, 32)
     assert "1 graded candidates left out" in err.replace("\n", " ")
+
+
+def test_export_refuses_existing_outputs_without_overwrite(tmp_path, cli):
+    from deepmine.inference.inspect_app import InspectSession
+
+    cat = make_scan(tmp_path, n=40)
+    s = InspectSession(cat, top=10, grader="ann")
+    s.grade(0, "N", "ann")
+    s.close()
+    (tmp_path / "fp.npy").write_bytes(b"precious")
+    rc, _, err = cli("inspect", "export", s.grades_path, "--negatives", tmp_path / "fp.npy")
+    assert rc == 2 and err.count("\n") == 1 and "--overwrite" in err and "Traceback" not in err
+    assert (tmp_path / "fp.npy").read_bytes() == b"precious"
+    rc, _, err = cli("inspect", "export", s.grades_path, "--negatives", tmp_path / "stack0.npy", "--overwrite")
+    assert rc == 2 and "would write over" in err            # a cutout stack the grades point at
+    rc, _, err = cli("inspect", "export", s.grades_path, "--negatives", tmp_path / "fp.npy", "--overwrite")
+    assert rc == 0, err
+    assert np.load(tmp_path / "fp.npy").shape[0] == 1

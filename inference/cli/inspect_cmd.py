@@ -120,16 +120,21 @@ def export(
                                    "is neither a lens nor a negative."),
     agreement: str = typer.Option("majority", "--agreement", help="How graders combine: majority (more than "
                                   "half) or unanimous."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing --negatives/--lenses stacks and "
+                                   "their .rows.ecsv; a grades file or cutout stack is never written over."),
 ) -> None:
     """Write the graded false positives and lenses as cutout stacks (same dtype as the sources)
     for `deepmine train ... --extra-negatives fp.npy --extra-positives found.npy`; a
     `<name>.rows.ecsv` beside each lists the catalogue rows it holds."""
-    from ..inspect_export import export_grades
+    from ..atomic import check_outputs
+    from ..inspect_export import export_grades, rows_path
 
     for g in grades:
         existing_file(g, "grades file")
     for c in cutouts or []:
         existing_file(c, "cutout stack")
+    outs = [p for o in (negatives, lenses) if o is not None for p in (o, rows_path(o))]
+    check_outputs(outs, [*grades, *(cutouts or [])], overwrite)
     result = export_grades(grades, negatives, lenses, cutouts, grader, include_c, agreement)
     for kind, path, n in (("false positives", negatives, result.n_negatives), ("lenses", lenses, result.n_lenses)):
         if path is None:
