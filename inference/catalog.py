@@ -47,7 +47,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError, MissingDependencyError, file_error, first_line
-from .formats import is_fits
+from .formats import TABLE_SUFFIXES, is_fits, strip_suffix
 
 FORMATS = ("fits", "ecsv", "parquet")
 SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
@@ -81,18 +81,14 @@ def parse_formats(text: str | None) -> list[str]:
 
 def catalog_paths(out: str | os.PathLike, formats: list[str]) -> dict[str, Path]:
     """Output path per format: ``out`` with its table suffix replaced (``out`` itself for its own
-    format). Table suffixes (``.fits``, ``.fit``, ``.fits.gz``, ``.ecsv``, ``.parquet``, ``.csv``,
-    ``.txt``, ``.dat``, ``.vot``, ``.xml``, ``.h5``, ``.hdf5``) are replaced — ``cat.csv`` →
+    format). Table suffixes (:data:`deepmine.inference.formats.TABLE_SUFFIXES`: ``.fits``,
+    ``.fits.gz``, ``.ecsv``, ``.parquet``, ``.csv``, ``.txt``, ``.vot``, ``.h5``...) are replaced — ``cat.csv`` →
     ``cat.fits``, ``cat.ecsv`` —; any other name gets the format's suffix appended
     (``scan.v2`` → ``scan.v2.fits``). An existing folder is refused: name a file inside it."""
     p = Path(out)
     if p.is_dir():
         raise file_error(p, f"--out: is a folder; name the catalogue file, e.g. {p / 'candidates.fits'}")
-    low = p.name.lower()
-    table_suffixes = (".fits.gz", ".fit.gz", ".fits", ".fit", ".fts", ".ecsv", ".parquet", ".csv", ".txt", ".dat",
-                      ".vot", ".xml", ".h5", ".hdf5")
-    cut = next((s for s in table_suffixes if low.endswith(s) and len(low) > len(s)), None)
-    stem = p.with_name(p.name[: -len(cut)]) if cut else p
+    stem = strip_suffix(p, TABLE_SUFFIXES)
     paths = {}
     for f in formats:
         paths[f] = p if p.suffix.lower() == SUFFIX[f] else Path(str(stem) + SUFFIX[f])

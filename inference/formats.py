@@ -33,8 +33,9 @@ HSC_BANDS = ("i", "r", "g")
 FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
 #: Cutout stacks: NumPy arrays or FITS cubes.
 STACK_SUFFIXES = (".npy", *FITS_SUFFIXES)
-#: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV.
-TABLE_SUFFIXES = (*FITS_SUFFIXES, ".ecsv", ".parquet", ".csv")
+#: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV and the other
+#: formats astropy's Table reads (text, VOTable, HDF5).
+TABLE_SUFFIXES = (*FITS_SUFFIXES, ".ecsv", ".parquet", ".csv", ".txt", ".dat", ".vot", ".xml", ".h5", ".hdf5")
 #: Figure files (``--plot``): the formats matplotlib writes without extra packages.
 PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".tif", ".tiff", ".webp")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DeepmineError, InputError
+from .formats import TABLE_SUFFIXES, strip_suffix
 from .inspect_cutouts import INFO_COLUMNS, CutoutStore, catalog_bands, catalog_identity, read_catalog, select_top
 from .inspect_grades import GRADES, GradeLog, check_grader
 
@@ -41,12 +42,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def default_grades_path(catalog: str | os.PathLike) -> Path:
     """``scan.fits`` → ``scan.grades.ecsv`` beside it."""
     p = Path(catalog)
-    stem = p.name
-    for suffix in (".fits.gz", ".fits", ".fit", ".fz", ".ecsv", ".parquet", ".csv"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    return p.with_name(f"{stem}.grades.ecsv")
+    return p.with_name(f"{strip_suffix(p, TABLE_SUFFIXES).name}.grades.ecsv")
 
 
 def _lock(grades: Path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, file_error, first_line
-from .formats import load_npy
+from .formats import is_fits, load_npy
 
 SCORE_COLUMNS = ("logit", "score", "probability")
 
@@ -92,7 +92,7 @@ def scoring_id_of(path: str | os.PathLike) -> str | None:
     p = Path(path)
     low = p.name.lower()
     try:
-        if low.endswith((".fits", ".fit", ".fits.gz", ".fits.fz", ".fz")):
+        if is_fits(p):
             from astropy.io import fits
 
             with fits.open(p, memmap=True) as hdul:
