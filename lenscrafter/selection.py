@@ -488,6 +488,14 @@ def _now() -> str:
 # --------------------------------------------------------------------------------------
 # the result
 # --------------------------------------------------------------------------------------
+def table_paths(path) -> tuple[Path, Path]:
+    """(FITS, ECSV) paths a selection table is written to: ``path`` may end in ``.fits``,
+    ``.fit`` or ``.ecsv``; the other format goes beside it."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix.lower() in (".fits", ".fit", ".ecsv") else p
+    return stem.with_suffix(".fits"), stem.with_suffix(".ecsv")
+
+
 @dataclass
 class SelectionFunction:
     """A measured selection function: one table row per grid cell plus the grid and provenance.
@@ -581,9 +589,7 @@ class SelectionFunction:
         """
         from deepmine.inference.atomic import atomic_path
 
-        p = Path(path)
-        stem = p.with_suffix("") if p.suffix.lower() in (".fits", ".fit", ".ecsv") else p
-        fits_path, ecsv_path = stem.with_suffix(".fits"), stem.with_suffix(".ecsv")
+        fits_path, ecsv_path = table_paths(path)
         t = self._table_with_meta()
         with atomic_path(fits_path, suffix=".fits") as tmp:
             t.write(tmp, format="fits", overwrite=True)

@@ -38,7 +38,7 @@ def rank(
     """
     from ..atomic import check_outputs
     from ..errors import InputError
-    from ..formats import check_plot_path
+    from ..formats import check_plot_path, is_fits
     from ..pool import POOL_MARKER, ReferencePool
     from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
     from ..scorefile import checked_scores, scoring_id_of
@@ -53,7 +53,7 @@ def rank(
         raise InputError(f"{tracers}: the tracers were scored by another model ({tr_id}) than the negatives in "
                          f"{scores} ({neg_id}); score both with the same model")
     negatives = None
-    if scores.suffix.lower() in (".fits", ".fit"):
+    if is_fits(scores):
         from astropy.io import fits
 
         try:

@@ -70,6 +70,7 @@ def selection(
         plan_parts,
         score_negatives_file,
         selection_function,
+        table_paths,
     )
     from deepmine.lenscrafter.selection_grid import default_grid, read_grid
 
@@ -100,8 +101,7 @@ def selection(
 
     out = Path(out)
     model_path = resolve_model_path(model)
-    stem = out.with_suffix("") if out.suffix.lower() in (".fits", ".fit", ".ecsv") else out
-    check_outputs([stem.with_suffix(".fits"), stem.with_suffix(".ecsv"), plot,
+    check_outputs([*table_paths(out), plot,
                    None if plot is None else completeness_path(plot), save_pool],
                   [model_path, grid, reference, negatives], overwrite)
     modified = check_content_hash(model_path, allow_modified_model)
