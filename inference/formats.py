@@ -8,24 +8,31 @@ Every module that decides what a file is by its name asks here (as astropy's
   memory-mapped, as N×C×H×W — the one reader used by training data, the grading page and
   ``deepmine generate``'s checks (the scanner's streaming readers in :mod:`.readers` use the
   same suffixes and dtype rules);
-- :data:`HSC_BANDS`: the channel order of 3-band cutouts (seed 4.1: bands i, r, g → R, G, B).
+- :data:`HSC_BANDS`: the channel order of 3-band cutouts (seed 4.1: bands i, r, g → R, G, B);
+- :func:`split_extension`, :func:`open_fits`, :func:`image_hdu`: a FITS image named with an
+  extension, ``file.fits[N]`` (HDU number, 0 = primary) or ``file.fits[EXTNAME]`` /
+  ``file.fits[EXTNAME,EXTVER]`` (cfitsio's and astropy's notation) — the one parser, used
+  wherever a FITS image is read (scan inputs, survey images, cutout stacks).
 
 >>> is_fits("tile.fits.fz"), is_fits("cat.ecsv")
 (True, False)
 >>> strip_suffix("run/cat.fits.gz").name
 'cat'
+>>> split_extension("deep/calexp.fits[IMAGE]")
+(PosixPath('deep/calexp.fits'), 'IMAGE')
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .errors import file_error, first_line
+from .errors import InputError, file_error, first_line
 
 __all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "band_name", "strip_suffix", "load_npy",
-           "open_stack", "PLOT_SUFFIXES", "check_plot_path"]
+           "open_stack", "PLOT_SUFFIXES", "check_plot_path", "split_extension", "open_fits", "image_hdu"]
 
 #: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
 HSC_BANDS = ("i", "r", "g")
@@ -81,6 +88,76 @@ def strip_suffix(path: str | os.PathLike, suffixes=(*TABLE_SUFFIXES, ".npy")) ->
     return p
 
 
+_EXT = re.compile(r"^(?P<file>.+)\[(?P<ext>[^\[\]]+)\]$")
+
+
+def split_extension(path: str | os.PathLike) -> tuple[Path, int | str | tuple[str, int] | None]:
+    """``(file, extension)`` of a FITS image named ``file.fits[N]``, ``file.fits[EXTNAME]`` or
+    ``file.fits[EXTNAME,EXTVER]``; ``(path, None)`` when no extension is named.
+
+    Only names whose part before the brackets is a FITS name (:func:`is_fits`) are split, so a
+    file such as ``run[1].npy`` keeps its name. ``N`` counts HDUs from 0 (the primary), as
+    astropy's ``hdul[N]`` does; an EXTNAME is matched case-insensitively, as astropy matches it.
+
+    >>> split_extension("img.fits[1]"), split_extension("img.fz[sci, 2]"), split_extension("a.npy")
+    ((PosixPath('img.fits'), 1), (PosixPath('img.fz'), ('SCI', 2)), (PosixPath('a.npy'), None))
+    """
+    m = _EXT.match(str(path))
+    if m is None or not is_fits(m["file"]):
+        return Path(path), None
+    ext = m["ext"].strip()
+    if ext.isdigit():
+        return Path(m["file"]), int(ext)
+    name, comma, ver = (v.strip() for v in ext.partition(","))
+    if not name or (comma and not ver.isdigit()):
+        raise InputError(f"{path}: cannot read the extension [{ext}]; expected [N], [EXTNAME] or [EXTNAME,EXTVER]")
+    return Path(m["file"]), ((name.upper(), int(ver)) if ver else name.upper())
+
+
+def open_fits(path: str | os.PathLike, memmap: bool = False):
+    """Open a FITS file (an extension in the name is ignored: pass it to :func:`image_hdu`),
+    refusing an unreadable one in one line naming it."""
+    from astropy.io import fits
+
+    p = split_extension(path)[0]
+    try:
+        return fits.open(p, memmap=memmap, lazy_load_hdus=True)
+    except Exception as exc:  # astropy raises OSError, ValueError, ... for bad files
+        raise file_error(p, f"not a readable FITS file ({first_line(exc)})") from None
+
+
+def image_hdu(hdul, path: str | os.PathLike, ndim=(2, 3, 4)) -> int:
+    """Index of the image HDU ``path`` names (``file.fits[N]``/``[EXTNAME]``), or of the first
+    HDU with image data of ``ndim`` dimensions (tile-compressed ``CompImageHDU`` included).
+
+    Raises
+    ------
+    InputError
+        The named extension does not exist, or holds no image data; no image HDU at all.
+    """
+    ext = split_extension(path)[1]
+
+    def is_image(hdu):
+        return getattr(hdu, "is_image", False) and len(getattr(hdu, "shape", ()) or ()) in ndim
+
+    if ext is None:
+        for k, hdu in enumerate(hdul):
+            if is_image(hdu):
+                return k
+        raise file_error(path, "no image data in this FITS file")
+    try:
+        k = hdul.index_of(ext)
+        hdul[k]  # noqa: B018 - an index past the end only fails here with lazily loaded HDUs
+    except (KeyError, IndexError):
+        names = ", ".join(f"{i} {h.name or '(no name)'}" for i, h in enumerate(hdul))
+        raise file_error(path, f"no extension {ext!r} in this FITS file (it has {names})") from None
+    if not is_image(hdul[k]):
+        shape = getattr(hdul[k], "shape", None)
+        raise file_error(path, f"extension {ext!r} holds no image data of {'/'.join(map(str, ndim))} dimensions "
+                               f"({type(hdul[k]).__name__}{f', shape {shape}' if shape else ''})")
+    return k
+
+
 def load_npy(path: str | os.PathLike) -> np.ndarray:
     """Memory-map a ``.npy`` file (no pickles), refusing text or corrupt files in one line."""
     p = Path(path)
@@ -98,7 +175,8 @@ def open_stack(path: str | os.PathLike, what: str = "cutout stack", channels=(1,
 
     Parameters
     ----------
-    path : ``.npy`` file or FITS cube (first 3-D or 4-D image HDU)
+    path : ``.npy`` file or FITS cube (first 3-D or 4-D image HDU, or the one named
+        ``cube.fits[N]`` / ``cube.fits[EXTNAME]``)
     what : what the file is, in the "not found" / "is empty" messages (e.g. ``"--positives file"``)
     channels : accepted numbers of bands per cutout (None: any)
 
@@ -108,7 +186,7 @@ def open_stack(path: str | os.PathLike, what: str = "cutout stack", channels=(1,
         Missing, empty or corrupt file; unknown suffix; an array that is not 3-D or 4-D, holds
         no cutouts, has another number of bands, or is not numeric. The message names the file.
     """
-    p = Path(path)
+    p, ext = split_extension(path)
     if p.is_dir():
         raise file_error(p, f"expected a .npy or FITS {what}, got a directory")
     if not p.is_file():
@@ -118,17 +196,16 @@ def open_stack(path: str | os.PathLike, what: str = "cutout stack", channels=(1,
     if p.name.lower().endswith(".npy"):
         arr = load_npy(p)
     elif is_fits(p):
-        from astropy.io import fits
-
+        hdul = open_fits(p, memmap=True)
         try:
-            hdul = fits.open(p, memmap=True)
-            hdu = next((h for h in hdul if getattr(h, "data", None) is not None and h.is_image
-                        and h.data.ndim in (3, 4)), None)
+            k = image_hdu(hdul, path, ndim=(3, 4))
+            arr = hdul[k].data
+        except InputError as exc:
+            if ext is not None:
+                raise
+            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)") from exc
         except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
             raise file_error(p, f"not a readable FITS cube ({first_line(exc)})") from None
-        if hdu is None:
-            raise file_error(p, "no 3-D or 4-D image HDU (expected an N×C×H×W or N×H×W cube)")
-        arr = hdu.data
     else:
         raise file_error(p, f"unknown {what} format; expected one of {', '.join(STACK_SUFFIXES)}")
     if arr.ndim == 3:
