@@ -1,0 +1,557 @@
+"""Streamed merge of part files: a catalogue of any size in bounded memory, exact ordinality.
+
+:func:`~deepmine.inference.shards.merge_parts` builds the whole catalogue in memory (about
+70 bytes a row plus the strings: 39 GB for 10^8 objects). :func:`stream_merge` gives the same
+rows, in the same (id) order, with the same values — ``ordinality`` included, bit for bit — a
+block at a time, holding at most ``budget`` bytes whatever the number of rows::
+
+    with stream_merge(parts, reference=pool, budget=2e9) as merged:
+        for block in merged.blocks():          # dict of column → array, a row group's worth
+            writer.write(block)
+
+How the exact ordinality is found without holding the scores
+-------------------------------------------------------------
+The ordinality of a finite logit ``s`` among the N finite logits of the scan is
+``(2·less + equal + 1) / (2N)`` (average position of its ties, 1-based, over N; exactly what
+:func:`~deepmine.inference.ranking.ordinality` computes). Logits are float32; their
+order-preserving 32-bit integer keys (−0.0 tied with +0.0, as in
+:mod:`~deepmine.inference.ranking`) are split by their top 16 bits into 65,536 buckets.
+
+1. **Survey pass**: every part's ``id`` and ``logit`` are read once: row counts, id ranges
+   (parts whose id ranges overlap are merged into one unit and sorted by id; a repeated id
+   is refused), and the histogram of the keys' buckets.
+2. **Rank passes**: the buckets are cut into key ranges whose work fits the budget; for each
+   range, every key in it gets its exact value, either by sorting the range's keys (radix
+   argsort; 16 bytes a key) or by counting every possible key of its buckets in a dense table
+   (512 KiB a bucket, any number of rows: two reads of the logits). Values go, in stream
+   order, to a spill file of float64 (8 bytes a ranked row) beside the parts.
+3. **Output pass**: the parts are read once more in id order; each row takes its value from
+   its range's spill file, which is read sequentially; blocks of ``block_rows`` rows come out.
+
+Disk: the spill files (8 bytes a ranked row) until the merge is closed. Reads: ``id`` and
+``logit`` once more than the catalogue itself, ``logit`` once per range (twice for a dense
+range). With the default 2 GB budget, one range holds about 10^8 keys.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+
+from .errors import InputError, file_error
+
+__all__ = ["stream_merge", "StreamedMerge", "DEFAULT_BUDGET", "parse_budget"]
+
+#: Default memory budget of a streamed merge (bytes).
+DEFAULT_BUDGET = 2_000_000_000
+#: What the interpreter, numpy, pyarrow and astropy hold before any row is read (measured ~250 MB).
+RESERVE = 400_000_000
+_BUCKET_BITS = 16
+_NBUCKETS = 1 << _BUCKET_BITS
+_LOW = 1 << (32 - _BUCKET_BITS)
+_SORT_BYTES = 16  # a key being sorted: key, scratch key, index, scratch index (uint32/int32)
+_DENSE_BYTES = _LOW * 8  # one bucket's dense table (float64 after the prefix sum)
+
+_DTYPES = {"id": np.int64, "index": np.int64, "ra": np.float64, "dec": np.float64, "x": np.float64,
+           "y": np.float64, "logit": np.float32, "probability": np.float32, "flags": np.int32,
+           "spec_index": np.int32}
+UNITS = {"ra": "deg", "dec": "deg", "x": "pix", "y": "pix"}
+
+
+def parse_budget(text) -> int:
+    """``"2G"``, ``"500M"``, ``"1.5GB"``, ``2e9`` → bytes (k/M/G/T are powers of 1000, KiB/MiB/GiB of 1024).
+
+    >>> parse_budget("2G"), parse_budget("512MiB"), parse_budget(3e9)
+    (2000000000, 536870912, 3000000000)
+    """
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        scale = 1.0
+        for suffix, mult in (("kib", 2**10), ("mib", 2**20), ("gib", 2**30), ("tib", 2**40), ("kb", 1e3),
+                             ("mb", 1e6), ("gb", 1e9), ("tb", 1e12), ("k", 1e3), ("m", 1e6), ("g", 1e9),
+                             ("t", 1e12), ("b", 1.0)):
+            if s.endswith(suffix):
+                s, scale = s[: -len(suffix)], mult
+                break
+        try:
+            value = float(s) * scale
+        except ValueError:
+            raise InputError(f"--memory-budget: expected bytes such as 2G or 500M, got {text!r}") from None
+    if not np.isfinite(value) or value < 2 * RESERVE:
+        raise InputError(f"--memory-budget: at least {2 * RESERVE / 1e9:g} GB, got {text!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------
+@nb.njit(cache=True)
+def _keys_u32(x):  # pragma: no cover - compiled
+    """Order-preserving uint32 keys of float32 values (−0.0 → the key of +0.0)."""
+    bits = x.view(np.uint32)
+    keys = np.empty(x.shape[0], dtype=np.uint32)
+    sign = np.uint32(0x80000000)
+    for i in range(x.shape[0]):
+        b = bits[i]
+        if b == sign:
+            b = np.uint32(0)
+        keys[i] = (b ^ sign) if (b & sign) == 0 else ~b
+    return keys
+
+
+@nb.njit(cache=True)
+def _count_dense(table, slot_of, keys):  # pragma: no cover - compiled
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        s = slot_of[k >> 16]
+        if s >= 0:
+            table[s * 65536 + (k & 0xFFFF)] += 1.0
+
+
+@nb.njit(cache=True)
+def _dense_values(table, below, n):  # pragma: no cover - compiled
+    """Counts → ordinality values in place: (less + 1 + less + equal)·½ / n."""
+    acc = below
+    for t in range(table.shape[0]):
+        eq = np.int64(table[t])
+        if eq:
+            table[t] = (acc + 1 + acc + eq) * 0.5 / n
+            acc += eq
+
+
+@nb.njit(cache=True)
+def _lookup_dense(table, slot_of, keys, out):  # pragma: no cover - compiled
+    m = 0
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        s = slot_of[k >> 16]
+        if s >= 0:
+            out[m] = table[s * 65536 + (k & 0xFFFF)]
+            m += 1
+    return m
+
+
+@nb.njit(cache=True)
+def _sorted_values(sorted_keys, order, below, n, out):  # pragma: no cover - compiled
+    m = sorted_keys.shape[0]
+    i = 0
+    while i < m:
+        j = i + 1
+        while j < m and sorted_keys[j] == sorted_keys[i]:
+            j += 1
+        value = (below + i + 1 + below + j) * 0.5 / n
+        for t in range(i, j):
+            out[order[t]] = value
+        i = j
+
+
+# --------------------------------------------------------------------------------------
+# parts
+# --------------------------------------------------------------------------------------
+def _damaged(path, exc) -> InputError:
+    return file_error(path, f"damaged part file ({exc}); delete it and its .done marker, then --resume")
+
+
+@contextlib.contextmanager
+def _open_part(path: Path):
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
+        raise _damaged(path, exc) from None
+    try:
+        yield z
+    finally:
+        z.close()
+
+
+def _member(z, name: str, path: Path) -> np.ndarray:
+    try:
+        return z[name]
+    except Exception as exc:  # noqa: BLE001
+        raise _damaged(path, exc) from None
+
+
+def _member_dtype(z, name: str, path: Path) -> np.dtype:
+    """dtype of an npz member from its header, without reading its data."""
+    try:
+        with z.zip.open(name + ".npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return read(fh)[2]
+    except Exception as exc:  # noqa: BLE001
+        raise _damaged(path, exc) from None
+
+
+@dataclass
+class _Part:
+    path: Path
+    n: int
+    id_min: int
+    id_max: int
+    is_sorted: bool
+    remap: np.ndarray  # the part's source index → global source index
+    kept: list
+
+
+@dataclass
+class _Range:
+    first: int  # buckets first..last (inclusive)
+    last: int
+    count: int
+    below: int  # ranked keys in lower buckets
+    dense: bool
+    spill: Path | None = None
+
+
+@dataclass
+class StreamedMerge:
+    """A planned streamed merge: its shape, and :meth:`blocks` to read its rows in id order.
+
+    Attributes
+    ----------
+    n_rows, n_ranked : rows, and rows with a finite logit (the N of the ordinality)
+    dtypes : column → numpy dtype, in catalogue order
+    units : column → unit string
+    skipped : [path, reason] of the files the workers skipped
+    ranges : the key ranges of the rank passes (``len(ranges)`` passes over the logits)
+    block_rows : rows per block (a Parquet row group)
+    budget : the memory budget (bytes)
+    """
+
+    n_rows: int
+    n_ranked: int
+    dtypes: dict
+    units: dict
+    skipped: list
+    ranges: list
+    block_rows: int
+    budget: int
+    _parts: list = field(repr=False, default_factory=list)
+    _units: list = field(repr=False, default_factory=list)
+    _range_of: np.ndarray | None = field(repr=False, default=None)
+    _pool: object = field(repr=False, default=None)
+    _sources: np.ndarray | None = field(repr=False, default=None)
+    _kept: list = field(repr=False, default_factory=list)
+
+    def __enter__(self) -> StreamedMerge:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the spill files."""
+        for r in self.ranges:
+            if r.spill is not None:
+                r.spill.unlink(missing_ok=True)
+
+    def empty_block(self) -> dict:
+        """A block of zero rows with the catalogue's columns and dtypes."""
+        return {k: np.zeros(0, dtype=dt) for k, dt in self.dtypes.items()}
+
+    def template(self):
+        """An astropy Table of zero rows with the catalogue's columns, dtypes and units."""
+        from astropy.table import Table
+
+        t = Table(self.empty_block())
+        for k, u in self.units.items():
+            if k in t.colnames:
+                t[k].unit = u
+        return t
+
+    def blocks(self, block_rows: int | None = None) -> Iterator[dict]:
+        """Yield the catalogue as dicts of column → array, in id order, about ``block_rows`` rows each."""
+        size = int(block_rows or self.block_rows)
+        handles = {}
+        try:
+            for r in self.ranges:
+                handles[id(r)] = open(r.spill, "rb")  # noqa: SIM115 - closed below
+            pending, rows = [], 0
+            for unit in self._units:
+                block = self._unit_block(unit, handles)
+                pending.append(block)
+                rows += len(block["id"])
+                if rows >= size:
+                    yield _concat(pending, self.dtypes)
+                    pending, rows = [], 0
+            if rows:
+                yield _concat(pending, self.dtypes)
+        finally:
+            for fh in handles.values():
+                fh.close()
+
+    # -- one unit (a part, or parts whose id ranges overlap) in id order -----------------
+    def _read_unit(self, unit: list[int], names, *, kept: bool = False) -> dict:
+        out: dict = {}
+        pieces: list[dict] = []
+        for i in unit:
+            part = self._parts[i]
+            with _open_part(part.path) as z:
+                d = {k: _member(z, k, part.path) for k in names}
+                if kept:
+                    d["source"] = part.remap[_member(z, "source_idx", part.path)] if part.n else np.zeros(0, np.int32)
+                    for k in self._kept:
+                        name = "keep:" + k
+                        d[k] = _member(z, name, part.path) if name in part.kept else _fill(part.n, self.dtypes[k])
+            pieces.append(d)
+        order = None
+        if len(unit) > 1 or not self._parts[unit[0]].is_sorted:
+            ids = np.concatenate([p["id"] for p in pieces]) if "id" in names else self._unit_ids(unit)
+            order = np.argsort(ids, kind="stable")
+            ids = ids[order]
+            dup = ids[1:][ids[1:] == ids[:-1]]
+            if dup.size:
+                raise InputError(f"merge: object id {dup[0]} appears in more than one part file "
+                                 "(parts from different scans?)")
+        for k in pieces[0]:
+            col = pieces[0][k] if len(pieces) == 1 else np.concatenate([p[k] for p in pieces])
+            out[k] = col if order is None else col[order]
+        return out
+
+    def _unit_ids(self, unit: list[int]) -> np.ndarray:
+        ids = []
+        for i in unit:
+            with _open_part(self._parts[i].path) as z:
+                ids.append(_member(z, "id", self._parts[i].path))
+        return np.concatenate(ids)
+
+    def _unit_block(self, unit: list[int], handles) -> dict:
+        names = [k for k in _DTYPES if k != "spec_index" or "spec_index" in self.dtypes]
+        d = self._read_unit(unit, names, kept=True)
+        logit = d["logit"].astype(np.float32, copy=False)
+        finite = np.isfinite(logit)
+        n = logit.shape[0]
+        ordn = np.full(n, np.nan)
+        if finite.any():
+            lf = np.ascontiguousarray(logit[finite])
+            keys = _keys_u32(lf)
+            which = self._range_of[keys >> _BUCKET_BITS]
+            vals = np.empty(keys.shape[0])
+            for r_i in np.unique(which):
+                r = self.ranges[r_i]
+                sel = which == r_i
+                cnt = int(np.count_nonzero(sel))
+                got = np.fromfile(handles[id(r)], dtype=np.float64, count=cnt)
+                if got.shape[0] != cnt:
+                    raise InputError(f"{r.spill}: spill file truncated during the merge")
+                vals[sel] = got
+            ordn[finite] = vals
+        out = {"id": d["id"], "source": self._sources[d["source"]]}
+        for k in ("index", "ra", "dec", "x", "y", "logit", "probability"):
+            out[k] = d[k]
+        out["ordinality"] = ordn
+        if "ordinality_ref" in self.dtypes:
+            oref = np.full(n, np.nan)
+            if finite.any():
+                oref[finite] = self._pool.ordinality(logit[finite])
+            out["ordinality_ref"] = oref
+        out["flags"] = d["flags"]
+        for k in self._kept:
+            out[k] = d[k]
+        if "spec_index" in self.dtypes:
+            out["spec_index"] = d["spec_index"]
+        return out
+
+    def _logit_stream(self) -> Iterator[np.ndarray]:
+        """Keys of the finite logits, unit by unit, in stream order."""
+        for unit in self._units:
+            logit = self._read_unit(unit, ["logit"])["logit"].astype(np.float32, copy=False)
+            yield _keys_u32(np.ascontiguousarray(logit[np.isfinite(logit)]))
+
+
+def _fill(n: int, dt: np.dtype) -> np.ndarray:
+    return np.full(n, "" if dt.kind == "U" else (np.nan if dt.kind == "f" else 0), dtype=dt)
+
+
+def _concat(pieces: list[dict], dtypes: dict) -> dict:
+    if len(pieces) == 1:
+        return {k: np.asarray(v, dtype=dtypes[k]) for k, v in pieces[0].items()}
+    return {k: np.concatenate([p[k] for p in pieces]).astype(dtypes[k], copy=False) for k in pieces[0]}
+
+
+# --------------------------------------------------------------------------------------
+# planning and the rank passes
+# --------------------------------------------------------------------------------------
+def _survey(paths: list[Path]):
+    parts, hist = [], np.zeros(_NBUCKETS, dtype=np.int64)
+    sources: dict[str, int] = {}
+    kept: dict[str, list] = {}
+    skipped: list[list[str]] = []
+    for p in paths:
+        with _open_part(p) as z:
+            ids = _member(z, "id", p)
+            logit = _member(z, "logit", p).astype(np.float32, copy=False)
+            names = _member(z, "sources", p)
+            remap = np.array([sources.setdefault(str(s), len(sources)) for s in names], dtype=np.int32)
+            mine = [k for k in z.files if k.startswith("keep:")]
+            for k in mine:
+                kept.setdefault(k[5:], []).append(_member_dtype(z, k, p))
+            skipped.extend([list(r) for r in _member(z, "skipped", p)])
+        n = int(ids.shape[0])
+        if logit.shape[0] != n:
+            raise _damaged(p, f"{n} ids but {logit.shape[0]} logits")
+        is_sorted = bool(n < 2 or np.all(ids[1:] > ids[:-1]))
+        parts.append(_Part(p, n, int(ids.min()) if n else 0, int(ids.max()) if n else -1, is_sorted, remap, mine))
+        lf = logit[np.isfinite(logit)]
+        if lf.size:
+            hist += np.bincount(_keys_u32(np.ascontiguousarray(lf)) >> _BUCKET_BITS, minlength=_NBUCKETS)
+    return parts, hist, sources, kept, skipped
+
+
+def _units(parts: list[_Part]) -> list[list[int]]:
+    """Parts in id order; parts whose id ranges overlap are grouped (read together, sorted by id)."""
+    order = sorted((i for i, p in enumerate(parts) if p.n), key=lambda i: (parts[i].id_min, parts[i].id_max))
+    units: list[list[int]] = []
+    top = None
+    for i in order:
+        if units and parts[i].id_min <= top:
+            units[-1].append(i)
+            top = max(top, parts[i].id_max)
+        else:
+            units.append([i])
+            top = parts[i].id_max
+    return units
+
+
+def _plan_ranges(hist: np.ndarray, share: int) -> list[_Range]:
+    """Cut the occupied buckets into ranges whose rank pass fits ``share`` bytes."""
+    ranges: list[_Range] = []
+    below = 0
+    cur = None  # [first, last, count, occupied]
+    for b in np.flatnonzero(hist):
+        c = int(hist[b])
+        if cur is not None:
+            count, occ = cur[2] + c, cur[3] + 1
+            if min(count * _SORT_BYTES, occ * _DENSE_BYTES) <= share:
+                cur[1], cur[2], cur[3] = int(b), count, occ
+                continue
+            ranges.append(_close(cur, below))
+            below += cur[2]
+        cur = [int(b), int(b), c, 1]
+    if cur is not None:
+        ranges.append(_close(cur, below))
+    return ranges
+
+
+def _close(cur, below: int) -> _Range:
+    first, last, count, occ = cur
+    return _Range(first, last, count, below, dense=occ * _DENSE_BYTES < count * _SORT_BYTES)
+
+
+def _rank_range(merged: StreamedMerge, r: _Range, hist: np.ndarray, n: int) -> None:
+    """Write the exact ordinality of every key in range ``r`` to its spill file, in stream order."""
+    in_range = np.zeros(_NBUCKETS, dtype=bool)
+    in_range[r.first:r.last + 1] = True
+    with open(r.spill, "wb") as fh:
+        if r.dense:
+            occupied = np.flatnonzero(hist[r.first:r.last + 1]) + r.first
+            slot_of = np.full(_NBUCKETS, -1, dtype=np.int64)
+            slot_of[occupied] = np.arange(occupied.size)
+            table = np.zeros(occupied.size * _LOW, dtype=np.float64)  # counts are exact in float64 below 2**53
+            for keys in merged._logit_stream():
+                _count_dense(table, slot_of, keys)
+            _dense_values(table, r.below, n)
+            for keys in merged._logit_stream():
+                out = np.empty(keys.shape[0])
+                m = _lookup_dense(table, slot_of, keys, out)
+                fh.write(out[:m].tobytes())
+            return
+        from .ranking import _radix_argsort
+
+        keys_all = np.empty(r.count, dtype=np.uint32)
+        at = 0
+        for keys in merged._logit_stream():
+            mine = keys[in_range[keys >> _BUCKET_BITS]]
+            keys_all[at:at + mine.shape[0]] = mine
+            at += mine.shape[0]
+        if at != r.count:
+            raise InputError("merge: a part file changed during the merge (row counts differ between passes)")
+        idx = np.empty(0, dtype=np.int32 if r.count < 2**31 - 1 else np.int64)
+        sorted_keys, order = _radix_argsort(keys_all, idx, 11, 3)
+        del keys_all
+        out = np.empty(r.count, dtype=np.float64)
+        _sorted_values(sorted_keys, order, r.below, n, out)
+        del sorted_keys, order
+        out.tofile(fh)
+
+
+def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=DEFAULT_BUDGET,
+                 work_dir: str | os.PathLike | None = None, with_spec_index: bool = False,
+                 block_rows: int | None = None, rank_bytes: int | None = None) -> StreamedMerge:
+    """Plan and rank a streamed merge of part files (see the module docstring).
+
+    Parameters
+    ----------
+    parts : part files (:func:`~deepmine.inference.shards.run_shard`), any order
+    reference : :class:`~deepmine.inference.pool.ReferencePool` or its path → ``ordinality_ref``
+    budget : memory budget in bytes (or ``"2G"``); the rank passes and the blocks stay inside it
+    work_dir : folder of the spill files (default: the first part's folder)
+    with_spec_index : keep the internal ``spec_index`` column
+    block_rows : rows per block (default: from the budget, at most 2**20)
+    rank_bytes : memory of one rank pass (default: what the budget leaves after the blocks);
+        smaller values give more passes (tests use it to force many ranges)
+
+    Returns
+    -------
+    StreamedMerge
+        Use as a context manager (removes the spill files); rows through :meth:`StreamedMerge.blocks`.
+        The rows, their order and every value are those of
+        :func:`~deepmine.inference.shards.merge_parts` on the same parts.
+    """
+    from .pool import ReferencePool
+
+    budget = parse_budget(budget)
+    paths = [Path(p) for p in parts]
+    plist, hist, sources, kept, skipped = _survey(paths)
+    n_rows = sum(p.n for p in plist)
+    n_ranked = int(hist.sum())
+    units = _units(plist)
+    src_names = np.array(list(sources) if sources else [""], dtype=str)
+    dtypes: dict = {"id": np.dtype(np.int64), "source": src_names.dtype}
+    for k in ("index", "ra", "dec", "x", "y", "logit", "probability"):
+        dtypes[k] = np.dtype(_DTYPES[k])
+    dtypes["ordinality"] = np.dtype(np.float64)
+    pool = None
+    if reference is not None:
+        pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
+        dtypes["ordinality_ref"] = np.dtype(np.float64)
+    dtypes["flags"] = np.dtype(np.int32)
+    for k, dts in kept.items():
+        dtypes[k] = np.result_type(*dts)
+    if with_spec_index:
+        dtypes["spec_index"] = np.dtype(np.int32)
+    row_bytes = sum(dt.itemsize for dt in dtypes.values())
+    out_share = (budget - RESERVE) // 4
+    if block_rows is None:
+        block_rows = int(min(2**20, max(4096, out_share // (4 * row_bytes))))
+    largest = max((sum(plist[i].n for i in u) for u in units), default=0)
+    share = budget - RESERVE - 4 * row_bytes * (block_rows + largest)
+    if share < 64 * _DENSE_BYTES:
+        raise InputError(f"--memory-budget: {budget / 1e9:g} GB is too small for blocks of {block_rows:,} rows "
+                         f"and part files of up to {largest:,} rows; give more, or use a smaller --shard-size")
+    ranges = _plan_ranges(hist, share if rank_bytes is None else min(share, int(rank_bytes)))
+    folder = Path(work_dir) if work_dir is not None else (paths[0].parent if paths else Path("."))
+    tag = uuid.uuid4().hex[:8]
+    for i, r in enumerate(ranges):
+        r.spill = folder / f".merge-{tag}-{i:04d}.f8"
+    range_of = np.zeros(_NBUCKETS, dtype=np.int32)
+    for i, r in enumerate(ranges):
+        range_of[r.first:r.last + 1] = i
+    merged = StreamedMerge(n_rows, n_ranked, dtypes, dict(UNITS), skipped, ranges, block_rows, budget,
+                           _parts=plist, _units=units, _range_of=range_of, _pool=pool, _sources=src_names,
+                           _kept=list(kept))
+    try:
+        for r in ranges:
+            _rank_range(merged, r, hist, n_ranked)
+    except BaseException:
+        merged.close()
+        raise
+    return merged
