@@ -226,7 +226,7 @@ def resolve_inputs(
         if not split_extension(p)[0].exists():
             if keep_going and catalog is None and tile is None and stride is None:
                 continue
-            raise file_error(p, "input not found")
+            raise file_error(split_extension(p)[0], "input not found")
     if catalog is not None and (tile is not None or stride is not None):
         raise InputError("--catalog and --tile/--stride exclude each other: cut around sources or tile the image")
     if catalog is not None:
