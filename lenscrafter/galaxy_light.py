@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numba as nb
 import numpy as np
 from astropy.table import Table
 
@@ -78,6 +79,71 @@ def _climb(light: np.ndarray, x: float, y: float, max_steps: int) -> tuple[int, 
     return c, r
 
 
+@nb.njit(cache=True)
+def _window_sums(light, xc, yc, s_w):  # pragma: no cover - compiled
+    """Σw, Σwx, Σwy of ``light`` under a Gaussian window at (xc, yc) (pixels within 5σ)."""
+    h, w = light.shape
+    r = 5.0 * s_w
+    y0, y1 = max(0, int(yc - r)), min(h, int(yc + r) + 2)
+    x0, x1 = max(0, int(xc - r)), min(w, int(xc + r) + 2)
+    k = -0.5 / (s_w * s_w)
+    t = sx = sy = 0.0
+    for yy in range(y0, y1):
+        dy2 = (yy - yc) * (yy - yc)
+        for xx in range(x0, x1):
+            v = light[yy, xx]
+            if v != 0.0:
+                wv = v * math.exp(k * ((xx - xc) * (xx - xc) + dy2))
+                t += wv
+                sx += wv * xx
+                sy += wv * yy
+    return t, sx, sy
+
+
+@nb.njit(cache=True)
+def _window_iterate(light, px, py, s_w, max_iter, tol):  # pragma: no cover - compiled
+    """Windowed centroid from the peak (px, py) and the second moments there.
+
+    The window follows the centroid until it moves less than ``tol``; a centroid that drifts
+    more than 2 window sigmas from the peak (a neighbour pulling) is replaced by the centroid
+    of one window on the peak. Returns (xc, yc, Mxx, Mxy, Myy, ok); pixels beyond 5 window
+    sigmas are left out (weight < 4e-6).
+    """
+    xc, yc = px, py
+    for _ in range(max_iter):
+        t, sx, sy = _window_sums(light, xc, yc, s_w)
+        if not t > 0.0:
+            break
+        nx, ny = sx / t, sy / t
+        moved = math.hypot(nx - xc, ny - yc)
+        xc, yc = nx, ny
+        if moved < tol:
+            break
+    if not math.hypot(xc - px, yc - py) <= 2.0 * s_w:
+        t, sx, sy = _window_sums(light, px, py, s_w)
+        if t > 0.0:
+            xc, yc = sx / t, sy / t
+    h, w = light.shape
+    r = 5.0 * s_w
+    y0, y1 = max(0, int(yc - r)), min(h, int(yc + r) + 2)
+    x0, x1 = max(0, int(xc - r)), min(w, int(xc + r) + 2)
+    k = -0.5 / (s_w * s_w)
+    t = mxx = mxy = myy = 0.0
+    for yy in range(y0, y1):
+        for xx in range(x0, x1):
+            v = light[yy, xx]
+            if v != 0.0:
+                dx, dy = xx - xc, yy - yc
+                wv = v * math.exp(k * (dx * dx + dy * dy))
+                t += wv
+                mxx += wv * dx * dx
+                mxy += wv * dx * dy
+                myy += wv * dy * dy
+    if not t > 0.0:
+        return xc, yc, 0.0, 0.0, 0.0, False
+    return xc, yc, mxx / t, mxy / t, myy / t, True
+
+
 def _moments(img, sky, sigma, s_w, nsigma, max_iter, tol):
     """Windowed centroid and window-corrected second moments of one band (pixel units).
 
@@ -87,37 +153,16 @@ def _moments(img, sky, sigma, s_w, nsigma, max_iter, tol):
     (a neighbour pulling) is replaced by the centroid of one window on the peak.
     """
     h, w = img.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     light = img - sky
-    light = np.where(light > nsigma * sigma, light, 0.0)
+    light = np.ascontiguousarray(np.where(light > nsigma * sigma, light, 0.0))
     if not light.any():
         return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
     px, py = _climb(light, (w - 1) / 2.0, (h - 1) / 2.0, max(h, w))
 
-    def window_at(xc, yc):
-        wgt = light * np.exp(-((xx - xc) ** 2 + (yy - yc) ** 2) / (2.0 * s_w * s_w))
-        tot = wgt.sum()
-        return wgt, tot
-
-    xc, yc = float(px), float(py)
-    for _ in range(max_iter):
-        wgt, tot = window_at(xc, yc)
-        if not tot > 0:
-            break
-        nx, ny = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
-        moved = math.hypot(nx - xc, ny - yc)
-        xc, yc = nx, ny
-        if moved < tol:
-            break
-    if not math.hypot(xc - px, yc - py) <= 2.0 * s_w:
-        wgt, tot = window_at(px, py)
-        xc, yc = (wgt * xx).sum() / tot, (wgt * yy).sum() / tot
-    wgt, tot = window_at(xc, yc)
-    if not tot > 0:
+    xc, yc, mxx, mxy, myy, ok = _window_iterate(light, float(px), float(py), float(s_w), int(max_iter), float(tol))
+    if not ok:
         return (w - 1) / 2.0, (h - 1) / 2.0, 1.0, 0.0, False
-    dx, dy = xx - xc, yy - yc
-    m = np.array([[(wgt * dx * dx).sum(), (wgt * dx * dy).sum()],
-                  [(wgt * dx * dy).sum(), (wgt * dy * dy).sum()]]) / tot
+    m = np.array([[mxx, mxy], [mxy, myy]])
     # a Gaussian window multiplies a Gaussian light profile: C⁻¹ = M⁻¹ − W⁻¹ undoes it
     try:
         c = np.linalg.inv(np.linalg.inv(m) - np.eye(2) / (s_w * s_w))

@@ -52,7 +52,7 @@ from deepmine.inference.errors import InputError
 
 from . import kernels
 from .galaxy_light import _check_number, measure_light, sky_level  # noqa: F401 - re-exported
-from .params import LENS_COLUMNS, PARAM_RANGES, check_lens_params, sample_lens_params
+from .params import LENS_COLUMNS, PARAM_RANGES, UNITS, check_lens_params, sample_lens_columns
 from .pipeline import BANDS, HSC, PIXEL_SCALE, ZERO_POINT, check_psf, default_psf, psf_terms
 from .synth import Observation, render, sersic_rows
 
@@ -163,7 +163,8 @@ def _theta_e_values(theta_e, n: int):
 
 
 # ----------------------------------------------------------------------------- painting
-def _draw_lens(i, index, seed, te_kind, te_spec, light_row, follow_light, source):
+def _draw_lens(i, index, seed, te_kind, te_spec, q_light, phi_light, follow_light, source) -> dict:
+    """Lens columns of cutout ``i`` (lens number ``index``) from its own stream: 1-element arrays."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), PAINT_SALT]))
     if te_kind == "range":
         te = rng.uniform(*te_spec)
@@ -173,17 +174,35 @@ def _draw_lens(i, index, seed, te_kind, te_spec, light_row, follow_light, source
         te = float(te_spec[i])
     over = {"theta_e": te}
     if follow_light:
-        over["e_sie"] = float(min(1.0 - light_row["q_light"], 0.5))
-        phi = float(light_row["phi_light"]) + rng.normal(0.0, 10.0)
+        over["e_sie"] = float(min(1.0 - q_light, 0.5))
+        phi = float(phi_light) + rng.normal(0.0, 10.0)
         over["phi_sie"] = (phi + 90.0) % 180.0 - 90.0
     for name, spec in source.items():
-        over[name] = spec[i] if isinstance(spec, (np.ndarray, list)) else spec
+        over[name] = float(spec[i]) if isinstance(spec, (np.ndarray, list)) else spec
     sub_seed = int(rng.integers(0, 2**62))
-    return sample_lens_params(1, seed=sub_seed, **over)
+    return sample_lens_columns(1, seed=sub_seed, **over)
+
+
+def _lens_table(draws: list, light) -> object:
+    """One parameter Table from the per-cutout draws, the deflectors moved to the light's centroids."""
+    from astropy.table import Table
+
+    cols = {c: np.concatenate([d[c] for d in draws]) for c in LENS_COLUMNS}
+    dx = np.asarray(light["dx"], dtype=np.float64)
+    dy = np.asarray(light["dy"], dtype=np.float64)
+    for col, d in (("dfl_x", dx), ("fg_x", dx), ("src_x", dx), ("dfl_y", dy), ("fg_y", dy), ("src_y", dy)):
+        cols[col] = cols[col] + d
+    cols["m_g_fg"] = np.full(len(dx), NO_LIGHT_MAG)
+    params = Table(cols, copy=False)
+    for name, unit in UNITS.items():
+        params[name].unit = unit
+    params.meta["deepmine"] = "lenscrafter lens parameters"
+    check_lens_params(params)
+    return params
 
 
 def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POINT, gain=HSC["gain"],
-               psf=None, seed: int = 0, index_offset: int = 0, theta_e=THETA_E_DEFAULT,
+               psf=None, seed: int = 0, index_offset: int = 0, indices=None, theta_e=THETA_E_DEFAULT,
                follow_light: bool = True, centers=None, sky_sigma=None, arc_noise: bool = True,
                supersample: int = 1, bands=BANDS, border: int = 4, window: float = 0.6,
                return_arcs: bool = False, **source):
@@ -205,6 +224,9 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
         Gaussian FWHM per band in arcsec; an array: the PSF image(s), odd K, any normalisation.
     seed, index_offset : int
         Cutout i draws its lens from ``(seed, index_offset + i)`` (see the module docstring).
+    indices : N whole numbers >= 0, optional
+        The lens numbers of the cutouts instead of ``index_offset + i`` (e.g. the same real
+        galaxy painted several times, as lenses of a selection function's cells).
     theta_e : (low, high), float or N floats
         Einstein radius prior, arcsec: uniform on (low, high) (default 0.8–2.8″), fixed, or one
         value per cutout; 0 < θ_E <= 20″.
@@ -274,6 +296,13 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
         raise InputError(f"unknown source parameter(s) {', '.join(unknown)}; "
                          f"paint_arcs takes {', '.join(c for c in LENS_COLUMNS if c.endswith('_src'))}")
     te_kind, te_spec = _theta_e_values(theta_e, n)
+    if indices is None:
+        idx = np.arange(int(index_offset), int(index_offset) + n, dtype=np.int64)
+    else:
+        idx = np.asarray(indices)
+        if idx.shape != (n,) or idx.dtype.kind not in "iu" or (n and idx.min() < 0):
+            raise InputError(f"indices: expected {n} whole numbers >= 0 (one lens number per cutout)")
+        idx = idx.astype(np.int64)
     kern = _psf_kernels(psf, pixel_scale)
 
     light = measure_light(a, pixel_scale=pixel_scale, border=border, window=window)
@@ -287,18 +316,11 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
     sig = light["sky_sigma"] if sky_sigma is None else np.broadcast_to(
         _per_band("sky_sigma", sky_sigma, nchan, 0.0, 1e30), (n, nchan))
 
-    # ---- parameters: one stream per cutout
-    rows = [_draw_lens(i, index_offset + i, seed, te_kind, te_spec, light[i], follow_light, source)
-            for i in range(n)]
-    from astropy.table import vstack
-
-    params = vstack(rows, metadata_conflicts="silent")
-    dx = np.asarray(light["dx"], dtype=np.float64)
-    dy = np.asarray(light["dy"], dtype=np.float64)
-    for col, d in (("dfl_x", dx), ("fg_x", dx), ("src_x", dx), ("dfl_y", dy), ("fg_y", dy), ("src_y", dy)):
-        params[col] = np.asarray(params[col], dtype=np.float64) + d
-    params["m_g_fg"] = NO_LIGHT_MAG
-    check_lens_params(params)
+    # ---- parameters: one stream per cutout (plain arrays; one Table at the end)
+    q_l, phi_l = np.asarray(light["q_light"]), np.asarray(light["phi_light"])
+    draws = [_draw_lens(i, idx[i], seed, te_kind, te_spec, q_l[i], phi_l[i], follow_light, source)
+             for i in range(n)]
+    params = _lens_table(draws, light)
 
     # ---- the arcs: LensCrafter's renderer, source plane only, noiseless, PSF-convolved
     p = {c: np.asarray(params[c], dtype=np.float64) for c in LENS_COLUMNS}
@@ -317,7 +339,7 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
     lenses[:, 4], lenses[:, 5] = p["dfl_x"], p["dfl_y"]
     prows, pcols = psf_terms(kern)
     obs = Observation(prows, pcols, np.zeros(nchan), np.zeros(nchan), size, pixel_scale, ss)
-    arcs = render(comp, starts, lenses, obs, seed, index_offset)
+    arcs = render(comp, starts, lenses, obs, seed, 0)  # no noise drawn here: the offset is unused
 
     noisy = arcs.astype(np.float64)
     if arc_noise:
@@ -326,14 +348,14 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
                 plane = noisy[i, ch]
                 kernels.shot_noise_plane(plane, float(g[ch]),
                                          kernels.stream_state(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF),
-                                                              index_offset + i, 10 + ch))
+                                                              int(idx[i]), 10 + ch))
     out_dtype = np.float64 if a.dtype == np.float64 else np.float32
     painted = (a.astype(np.float64) + noisy).astype(out_dtype)
 
     # ---- the table
     total = arcs.astype(np.float64).sum(axis=(-2, -1))
     snr = arc_snr(arcs, sig, g, a - np.asarray(light["sky"])[..., None, None])
-    params["index"] = np.arange(index_offset, index_offset + n, dtype=np.int64)
+    params["index"] = idx
     for c in ("x", "y", "found", "q_light", "phi_light"):
         params[c] = light[c]
     with np.errstate(divide="ignore"):

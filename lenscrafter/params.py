@@ -139,6 +139,18 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
     array (or list) of ``n`` values, e.g. ``sample_lens_params(100, theta_e=(0.1, 6.0), m_g_src=24)``.
     The result is validated (:func:`check_lens_params`).
     """
+    t = _table(sample_lens_columns(n, seed, **overrides))
+    check_lens_params(t)
+    return t
+
+
+def sample_lens_columns(n: int, seed: int = 0, **overrides) -> dict[str, np.ndarray]:
+    """The columns of :func:`sample_lens_params` as plain float64 arrays, not yet checked.
+
+    The same draws, without building a Table: for callers that draw many small batches from
+    streams of their own (:func:`deepmine.lenscrafter.paint_arcs`, one per cutout) and build one
+    table at the end.
+    """
     n = int(n)
     if n < 1:
         raise InputError(f"n={n!r}: expected at least 1 lens")
@@ -183,9 +195,7 @@ def sample_lens_params(n: int, seed: int = 0, **overrides) -> Table:
     for name, spec in overrides.items():
         if name not in ("theta_e", "m_g_fg"):
             c[name] = _draw(rng, n, spec, name)
-    t = _table(c)
-    check_lens_params(t)
-    return t
+    return c
 
 
 def offset_lenses(params: Table, sigma: float = 0.2, seed: int = 0) -> Table:
