@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from .errors import InputError
@@ -38,49 +37,6 @@ def _as_nchw(x: np.ndarray, name: str = "images") -> tuple[np.ndarray, bool]:
     if x.ndim != 4:
         raise InputError(f"{name}: expected an N×C×H×W (or C×H×W) array, got shape {x.shape}")
     return x, False
-
-
-@nb.njit(parallel=True, cache=True)
-def _percentile_kernel(x, low, high, out):  # pragma: no cover - compiled
-    n, c, h, w = x.shape
-    npix = h * w
-    for k in nb.prange(n * c):
-        i = k // c
-        j = k % c
-        plane = x[i, j].ravel()
-        buf = np.empty(npix, dtype=np.float64)
-        m = 0
-        for p in range(npix):
-            v = plane[p]
-            if np.isfinite(v):
-                buf[m] = v
-                m += 1
-        if m == 0:
-            out[i, j] = 0
-            continue
-        vals = np.sort(buf[:m])
-        # numpy "linear" percentile
-        pos_lo = low / 100.0 * (m - 1)
-        pos_hi = high / 100.0 * (m - 1)
-        a = int(np.floor(pos_lo))
-        b = min(a + 1, m - 1)
-        lo = vals[a] + (pos_lo - a) * (vals[b] - vals[a])
-        a = int(np.floor(pos_hi))
-        b = min(a + 1, m - 1)
-        hi = vals[a] + (pos_hi - a) * (vals[b] - vals[a])
-        span = hi - lo
-        for y in range(h):
-            for xx in range(w):
-                v = x[i, j, y, xx]
-                if not np.isfinite(v) or span <= 0.0:
-                    out[i, j, y, xx] = 0
-                    continue
-                t = (v - lo) / span
-                if t < 0.0:
-                    t = 0.0
-                elif t > 1.0:
-                    t = 1.0
-                out[i, j, y, xx] = np.uint8(np.floor(t * 255.0 + 0.5))
 
 
 def percentile_normalization(images, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> np.ndarray:
@@ -104,34 +60,10 @@ def percentile_normalization(images, low: float = DEFAULT_LOW, high: float = DEF
         raise InputError(f"images: expected real numbers, got dtype {x.dtype}")
     x = np.ascontiguousarray(x, dtype=np.float32 if x.dtype.itemsize <= 4 else np.float64)
     out = np.empty(x.shape, dtype=np.uint8)
-    _percentile_kernel(x, float(low), float(high), out)
+    from .preprocess_kernels import percentile_batch  # Numba loads on first use, not at import
+
+    percentile_batch(x, float(low), float(high), out)
     return out[0] if single else out
-
-
-@nb.njit(parallel=True, cache=True)
-def _histmatch_kernel(x, template, out):  # pragma: no cover - compiled
-    n, c, h, w = x.shape
-    npix = h * w
-    k = template.shape[0]
-    for q in nb.prange(n * c):
-        i = q // c
-        j = q % c
-        plane = x[i, j].ravel().copy()
-        for p in range(npix):
-            if not np.isfinite(plane[p]):
-                plane[p] = -np.inf  # NaN/inf pixels rank lowest and end at 0 below
-        order = np.argsort(plane, kind="mergesort")
-        flat = out[i, j].ravel()
-        for r in range(npix):
-            p = order[r]
-            if plane[p] == -np.inf:
-                flat[p] = 0.0
-                continue
-            u = (r + 0.5) / npix * (k - 1)
-            a = int(np.floor(u))
-            b = min(a + 1, k - 1)
-            flat[p] = template[a] + (u - a) * (template[b] - template[a])
-        out[i, j] = flat.reshape(h, w)
 
 
 def histogram_template(images, n_quantiles: int = 256) -> np.ndarray:
@@ -162,7 +94,9 @@ def histogram_match(images, template) -> np.ndarray:
         raise InputError("histogram template: expected an increasing 1-D array of >= 2 finite quantiles")
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(x.shape, dtype=np.float32)
-    _histmatch_kernel(x, t, out)
+    from .preprocess_kernels import histmatch_batch
+
+    histmatch_batch(x, t, out)
     return out[0] if single else out
 
 
