@@ -25,20 +25,23 @@ def _umask() -> int:
 _MODE = 0o666 & ~_umask()
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Return ``path`` as a Path after checking its folder exists and is writable."""
+def check_writable(path: str | os.PathLike, *, folder_output: bool = False) -> Path:
+    """Return ``path`` as a Path after checking its folder exists and is writable
+    (``folder_output``: the output is itself a folder, e.g. a Parquet dataset)."""
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
     if not folder.is_dir():
         raise file_error(p, f"cannot write: folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK):
         raise file_error(p, f"cannot write: folder {str(folder)!r} is not writable")
-    if p.is_dir():
+    if p.is_dir() and not folder_output:
         raise file_error(p, "cannot write: it is a directory")
+    if folder_output and p.exists() and not p.is_dir():
+        raise file_error(p, "cannot write a folder here: a file of that name exists")
     return p
 
 
-def check_outputs(outputs, inputs=(), overwrite: bool = False) -> list[Path]:
+def check_outputs(outputs, inputs=(), overwrite: bool = False, folders=()) -> list[Path]:
     """The one check of what a command is about to write, before it reads or computes anything.
 
     Parameters
@@ -47,6 +50,7 @@ def check_outputs(outputs, inputs=(), overwrite: bool = False) -> list[Path]:
         of a catalogue, a ``_top.ecsv``, a mosaic, a pool...); None entries are skipped
     inputs : paths the command reads (None skipped); directories cover the files inside them
     overwrite : replace existing outputs (astropy's convention); never an input
+    folders : those of ``outputs`` that are folders (Parquet datasets, HATS catalogues)
 
     Raises a one-line :class:`~deepmine.inference.errors.InputError` when an output is an
     input (both resolved), two outputs are one file, an output exists and ``overwrite`` is
@@ -57,6 +61,7 @@ def check_outputs(outputs, inputs=(), overwrite: bool = False) -> list[Path]:
         if q is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 ins.append((Path(q), Path(q).resolve()))
+    folder_set = {Path(f) for f in folders if f is not None}
     seen: dict[Path, Path] = {}
     checked = []
     for out in outputs:
@@ -72,7 +77,7 @@ def check_outputs(outputs, inputs=(), overwrite: bool = False) -> list[Path]:
             raise file_error(p, f"is written twice by this command (also as {os.fspath(seen[r])!r}); "
                              "choose different outputs")
         seen[r] = p
-        check_writable(p)
+        check_writable(p, folder_output=p in folder_set)
         if not overwrite and (p.exists() or p.is_symlink()):
             raise file_error(p, "already exists; pass --overwrite to replace it")
         checked.append(p)

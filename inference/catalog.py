@@ -46,11 +46,14 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .catalog_dataset import NULLABLE_COLUMNS, dataset_files
 from .errors import InputError, MissingDependencyError, file_error, first_line
 from .formats import TABLE_SUFFIXES, is_fits, strip_suffix
 
-FORMATS = ("fits", "ecsv", "parquet")
-SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet"}
+FORMATS = ("fits", "ecsv", "parquet", "dataset", "hats")
+SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet", "dataset": "_parquet", "hats": "_hats"}
+#: Formats written as folders (:mod:`deepmine.inference.catalog_dataset`).
+FOLDER_FORMATS = ("dataset", "hats")
 _JSON_KEYS = ("DM_META", "DM_INPUT", "DM_SKIP", "DM_FLAGS", "DM_WARN")
 
 __all__ = ["write_catalog", "read_catalog", "catalog_paths", "parse_formats", "FORMATS"]
@@ -71,11 +74,17 @@ def parse_formats(text: str | None) -> list[str]:
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise InputError(f"--format: expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
-    if "parquet" in fmts:
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("--format parquet needs pyarrow: pip install pyarrow") from None
+    for f in ("parquet", "dataset", "hats"):
+        if f in fmts:
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise MissingDependencyError(f"--format {f} needs pyarrow: pip install pyarrow") from None
+    if "hats" in fmts:
+        import importlib.util
+
+        if importlib.util.find_spec("hats_import") is None:
+            raise MissingDependencyError("--format hats needs hats-import and lsdb: pip install 'deepmine[hats]'")
     return list(dict.fromkeys(fmts))
 
 
@@ -84,7 +93,8 @@ def catalog_paths(out: str | os.PathLike, formats: list[str]) -> dict[str, Path]
     format). Table suffixes (:data:`deepmine.inference.formats.TABLE_SUFFIXES`: ``.fits``,
     ``.fits.gz``, ``.ecsv``, ``.parquet``, ``.csv``, ``.txt``, ``.vot``, ``.h5``...) are replaced — ``cat.csv`` →
     ``cat.fits``, ``cat.ecsv`` —; any other name gets the format's suffix appended
-    (``scan.v2`` → ``scan.v2.fits``). An existing folder is refused: name a file inside it."""
+    (``scan.v2`` → ``scan.v2.fits``). The folder formats are ``<stem>_parquet/`` (a partitioned
+    Parquet dataset) and ``<stem>_hats/`` (HATS). An existing folder is refused: name a file inside it."""
     p = Path(out)
     if p.is_dir():
         raise file_error(p, f"--out: is a folder; name the catalogue file, e.g. {p / 'candidates.fits'}")
@@ -152,8 +162,6 @@ def _write_fits_chunked(table, path: Path, chunk: int) -> None:
         fh.write(b"\0" * ((-(n * row_bytes)) % 2880))
 
 
-#: Score columns that are null (not NaN) in ECSV and Parquet where a row was not ranked.
-NULLABLE_COLUMNS = ("logit", "probability", "ordinality", "ordinality_ref")
 
 
 def _with_nulls(table):
@@ -175,22 +183,14 @@ def _with_nulls(table):
 def _write_parquet(table, path: Path) -> None:
     """Parquet through pyarrow: NaN scores become real nulls (astropy's writer stores a mask as
     a second column), and the table's YAML header (units, provenance) goes into the schema
-    metadata under ``table_meta_yaml``, where astropy's reader and :func:`_read_parquet` find it."""
-    import pyarrow as pa
+    metadata under ``table_meta_yaml``, where astropy's reader and :func:`_read_parquet` find it
+    (:func:`deepmine.inference.catalog_dataset.arrow_schema`)."""
     import pyarrow.parquet as pq
-    from astropy.table.meta import get_yaml_from_table
 
-    cols = {}
-    for name in table.colnames:
-        data = np.asarray(table[name])
-        null = np.isnan(data) if name in NULLABLE_COLUMNS and data.dtype.kind == "f" else None
-        cols[name] = pa.array(data, mask=null if null is not None and null.any() else None)
-    meta = {b"table_meta_yaml": "\n".join(get_yaml_from_table(table)).encode("utf-8")}
-    fields = []  # units also as per-field metadata, which readers other than astropy's show
-    for name, arr in cols.items():
-        unit = table[name].unit
-        fields.append(pa.field(name, arr.type, metadata={b"unit": str(unit).encode()} if unit is not None else None))
-    pq.write_table(pa.Table.from_arrays(list(cols.values()), schema=pa.schema(fields, metadata=meta)), path)
+    from .catalog_dataset import arrow_schema, arrow_table
+
+    cols = {name: np.asarray(table[name]) for name in table.colnames}
+    pq.write_table(arrow_table(cols, arrow_schema(table[:0])), path)
 
 
 def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
@@ -218,7 +218,8 @@ def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = Non
 
     Provenance keys of ``table.meta`` (upper case, ≤ 8 characters; see the module docstring)
     become FITS header cards (long strings continue over CONTINUE cards). FITS and ECSV are
-    written ``chunk`` rows at a time, so writing needs little memory beyond the table itself.
+    written ``chunk`` rows at a time, so writing needs little memory beyond the table itself;
+    ``dataset`` and ``hats`` are folders (:mod:`deepmine.inference.catalog_dataset`).
     """
     fmts = parse_formats(None) if formats is None else formats
     paths = catalog_paths(out, fmts)
@@ -232,6 +233,13 @@ def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = Non
         elif fmt == "parquet":
             with atomic_path(path, suffix=".parquet") as tmp:
                 _write_parquet(table, tmp)
+        elif fmt in FOLDER_FORMATS:
+            if fmt == "hats" and "dataset" in paths:
+                continue  # built from the dataset below
+            from .catalog_dataset import iter_table_blocks, write_blocks
+
+            outs = {f: paths[f] for f in FOLDER_FORMATS if f in paths}
+            write_blocks(iter_table_blocks(table), table[:0], outs)
         else:
             raise InputError(f"--format: unknown format {fmt!r}")
     return paths
@@ -263,6 +271,28 @@ def _read_parquet(p: Path):
     return table
 
 
+def _read_parquet_folder(p: Path):
+    """A Parquet dataset folder (``--format dataset``) read whole into one Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table import Table
+    from astropy.table.meta import get_header_from_yaml
+
+    files = dataset_files(p)
+    if not files:
+        raise file_error(p, "folder holds no Parquet files")
+    arrow = pa.concat_tables([pq.read_table(f) for f in files])
+    table = Table({name: np.asarray(arrow.column(name).to_numpy(zero_copy_only=False)) for name in arrow.column_names})
+    raw = (pq.read_schema(files[0]).metadata or {}).get(b"table_meta_yaml")
+    if raw:
+        header = get_header_from_yaml(raw.decode().splitlines())
+        table.meta.update(header.get("meta") or {})
+        for col in header.get("datatype") or []:
+            if col.get("unit") and col.get("name") in table.colnames:
+                table[col["name"]].unit = col["unit"]
+    return table
+
+
 def read_catalog(path: str | os.PathLike):
     """Read a scan catalogue (FITS, ECSV or Parquet) with its provenance in ``table.meta``.
 
@@ -271,10 +301,17 @@ def read_catalog(path: str | os.PathLike):
     InputError
         Missing, empty, unreadable file, or a table that is not a deepmine scan catalogue.
     """
-    import numpy as np
     from astropy.table import Table
 
     p = Path(path)
+    if p.is_dir():
+        try:
+            table = _read_parquet_folder(p)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for bad files
+            raise file_error(p, f"not a readable catalogue ({first_line(exc)})") from None
+        return _finish_catalog(table, p)
     if not p.is_file():
         raise file_error(p, "catalogue not found")
     if p.stat().st_size == 0:
@@ -291,6 +328,11 @@ def read_catalog(path: str | os.PathLike):
             table = Table.read(p)
     except Exception as exc:  # noqa: BLE001 - astropy raises many kinds for bad files
         raise file_error(p, f"not a readable catalogue ({first_line(exc)})") from None
+    return _finish_catalog(table, p)
+
+
+def _finish_catalog(table, p: Path):
+    """Common clean-up of a read catalogue: text as str, nulls as NaN, native byte order, checks."""
     table.convert_bytestring_to_unicode()
     for name in NULLABLE_COLUMNS:  # null scores (ECSV, Parquet) read back as NaN, as in FITS
         col = table[name] if name in table.colnames else None

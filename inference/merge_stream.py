@@ -268,7 +268,7 @@ class StreamedMerge:
         return t
 
     def blocks(self, block_rows: int | None = None) -> Iterator[dict]:
-        """Yield the catalogue as dicts of column → array, in id order, about ``block_rows`` rows each."""
+        """Yield the catalogue as dicts of column → array, in id order, ``block_rows`` rows each (the last fewer)."""
         size = int(block_rows or self.block_rows)
         handles = {}
         try:
@@ -280,8 +280,13 @@ class StreamedMerge:
                 pending.append(block)
                 rows += len(block["id"])
                 if rows >= size:
-                    yield _concat(pending, self.dtypes)
-                    pending, rows = [], 0
+                    whole = _concat(pending, self.dtypes)
+                    at = 0
+                    while rows - at >= size:
+                        yield {k: v[at:at + size] for k, v in whole.items()}
+                        at += size
+                    pending = [{k: v[at:] for k, v in whole.items()}] if at < rows else []
+                    rows -= at
             if rows:
                 yield _concat(pending, self.dtypes)
         finally:
@@ -421,8 +426,11 @@ def _units(parts: list[_Part]) -> list[list[int]]:
     return units
 
 
-def _plan_ranges(hist: np.ndarray, share: int) -> list[_Range]:
-    """Cut the occupied buckets into ranges whose rank pass fits ``share`` bytes."""
+def _plan_ranges(hist: np.ndarray, share: int, method: str | None = None) -> list[_Range]:
+    """Cut the occupied buckets into ranges whose rank pass fits ``share`` bytes, each ranked
+    the cheaper way (or ``method``: ``"sort"`` / ``"dense"``)."""
+    cost = {None: lambda c, o: min(c * _SORT_BYTES, o * _DENSE_BYTES), "sort": lambda c, o: c * _SORT_BYTES,
+            "dense": lambda c, o: o * _DENSE_BYTES}[method]
     ranges: list[_Range] = []
     below = 0
     cur = None  # [first, last, count, occupied]
@@ -430,20 +438,21 @@ def _plan_ranges(hist: np.ndarray, share: int) -> list[_Range]:
         c = int(hist[b])
         if cur is not None:
             count, occ = cur[2] + c, cur[3] + 1
-            if min(count * _SORT_BYTES, occ * _DENSE_BYTES) <= share:
+            if cost(count, occ) <= share:
                 cur[1], cur[2], cur[3] = int(b), count, occ
                 continue
-            ranges.append(_close(cur, below))
+            ranges.append(_close(cur, below, method))
             below += cur[2]
         cur = [int(b), int(b), c, 1]
     if cur is not None:
-        ranges.append(_close(cur, below))
+        ranges.append(_close(cur, below, method))
     return ranges
 
 
-def _close(cur, below: int) -> _Range:
+def _close(cur, below: int, method: str | None) -> _Range:
     first, last, count, occ = cur
-    return _Range(first, last, count, below, dense=occ * _DENSE_BYTES < count * _SORT_BYTES)
+    dense = occ * _DENSE_BYTES < count * _SORT_BYTES if method is None else method == "dense"
+    return _Range(first, last, count, below, dense=dense)
 
 
 def _rank_range(merged: StreamedMerge, r: _Range, hist: np.ndarray, n: int) -> None:
@@ -485,7 +494,8 @@ def _rank_range(merged: StreamedMerge, r: _Range, hist: np.ndarray, n: int) -> N
 
 def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=DEFAULT_BUDGET,
                  work_dir: str | os.PathLike | None = None, with_spec_index: bool = False,
-                 block_rows: int | None = None, rank_bytes: int | None = None) -> StreamedMerge:
+                 block_rows: int | None = None, rank_bytes: int | None = None,
+                 method: str | None = None) -> StreamedMerge:
     """Plan and rank a streamed merge of part files (see the module docstring).
 
     Parameters
@@ -498,6 +508,7 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
     block_rows : rows per block (default: from the budget, at most 2**20)
     rank_bytes : memory of one rank pass (default: what the budget leaves after the blocks);
         smaller values give more passes (tests use it to force many ranges)
+    method : rank every range by ``"sort"`` or ``"dense"`` counting (default: the cheaper in memory)
 
     Returns
     -------
@@ -537,7 +548,9 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
     if share < 64 * _DENSE_BYTES:
         raise InputError(f"--memory-budget: {budget / 1e9:g} GB is too small for blocks of {block_rows:,} rows "
                          f"and part files of up to {largest:,} rows; give more, or use a smaller --shard-size")
-    ranges = _plan_ranges(hist, share if rank_bytes is None else min(share, int(rank_bytes)))
+    if method not in (None, "sort", "dense"):
+        raise ValueError(f"method: expected 'sort' or 'dense', got {method!r}")
+    ranges = _plan_ranges(hist, share if rank_bytes is None else min(share, int(rank_bytes)), method)
     folder = Path(work_dir) if work_dir is not None else (paths[0].parent if paths else Path("."))
     tag = uuid.uuid4().hex[:8]
     for i, r in enumerate(ranges):
