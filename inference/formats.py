@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InputError, file_error, first_line
 
 __all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "band_name", "strip_suffix", "load_npy",
-           "open_stack", "PLOT_SUFFIXES", "check_plot_path", "split_extension", "open_fits", "image_hdu"]
+           "open_stack", "PLOT_SUFFIXES", "check_plot_path", "split_extension", "open_fits", "image_hdu", "output_paths"]
 
 #: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
 HSC_BANDS = ("i", "r", "g")
@@ -156,6 +156,27 @@ def image_hdu(hdul, path: str | os.PathLike, ndim=(2, 3, 4)) -> int:
         raise file_error(path, f"extension {ext!r} holds no image data of {'/'.join(map(str, ndim))} dimensions "
                                f"({type(hdul[k]).__name__}{f', shape {shape}' if shape else ''})")
     return k
+
+
+def output_paths(out: str | os.PathLike, suffixes, *, known=TABLE_SUFFIXES, option: str = "--out",
+                 example: str = "output") -> list[Path]:
+    """The files a command writes for ``--out OUT``, one per suffix in ``suffixes``.
+
+    The rule every command's ``--help`` states: a known suffix (``known``, by default the table
+    suffixes) is replaced by each of ``suffixes`` (kept where it is that suffix already); any
+    other name gets the suffix appended; an existing folder is refused in one line naming
+    ``option`` (name a file inside it).
+
+    >>> [str(p) for p in output_paths("sel.csv", (".fits", ".ecsv"))]
+    ['sel.fits', 'sel.ecsv']
+    >>> [str(p) for p in output_paths("run.v2", (".onnx",), known=(".onnx",))]
+    ['run.v2.onnx']
+    """
+    p = Path(out)
+    if p.is_dir():
+        raise file_error(p, f"{option}: is a folder; name the file, e.g. {p / (example + suffixes[0])}")
+    stem = strip_suffix(p, known)
+    return [p if p.suffix.lower() == s else Path(str(stem) + s) for s in suffixes]
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -100,7 +100,7 @@ def test_unwritable_output(tmp_path, cli):
     rc, out, err = cli("export", ckpt, "--out", tmp_path / "missing" / "m.onnx")
     _one_line_error(rc, out, err, "missing", "does not exist")
     (tmp_path / "adir").mkdir()
-    _one_line_error(*cli("export", ckpt, "--out", tmp_path / "adir"), "adir", "is a directory")
+    _one_line_error(*cli("export", ckpt, "--out", tmp_path / "adir"), "adir", "is a folder")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write to a read-only folder")

@@ -25,7 +25,7 @@ def _load_npy(path: Path, what: str):
 
 def export(
     checkpoint: Path = typer.Argument(..., help="Training checkpoint (.pt) written by `deepmine train`.", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Output ONNX model file.", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Output ONNX model file; .onnx is appended to a name without it (model → model.onnx); a folder is refused.", show_default=False),
     int8: bool = typer.Option(False, "--int8", help="Static int8 (QDQ) quantisation, calibrated on --calibration."),
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="Cutouts (.npy, N×C×H×W, as stored) to calibrate --int8 on; a few hundred."
@@ -71,7 +71,9 @@ def export(
         raise InputError(f"--level: expected basic or extended, got {level!r}")
     existing_file(checkpoint, "checkpoint")
     from deepmine.inference.atomic import check_outputs
+    from deepmine.inference.formats import output_paths
 
+    out = output_paths(out, (".onnx",), known=(".onnx",), example="model")[0]
     check_outputs([out], [checkpoint, calibration, cutouts, labels, selection], overwrite)
     cal = _load_npy(calibration, "calibration cutouts") if calibration is not None else None
     chk = _load_npy(cutouts, "check cutouts") if cutouts is not None else None

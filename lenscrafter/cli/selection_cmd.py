@@ -14,7 +14,7 @@ from deepmine.inference.errors import InputError
 
 
 def selection(
-    out: Path = typer.Option(..., "--out", "-o", help="Output table (.fits; an .ecsv copy is written beside it).",
+    out: Path = typer.Option(..., "--out", "-o", help="Output table, FITS with an ECSV copy beside it: a table suffix (.fits, .ecsv, .csv, ...) is replaced (sel.csv → sel.fits, sel.ecsv), other names get .fits and .ecsv appended; a folder is refused.",
                              show_default=False),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported classifier (.onnx); default: the bundled model."),
     grid: Optional[Path] = typer.Option(
@@ -70,7 +70,6 @@ def selection(
         plan_parts,
         score_negatives_file,
         selection_function,
-        table_paths,
     )
     from deepmine.lenscrafter.selection_grid import default_grid, read_grid
 
@@ -94,14 +93,15 @@ def selection(
         out_console.print(f"{n_cell} lenses per cell → {n_lenses:,} lenses in {len(plan_parts(g, n_cell, part_lenses))} parts")
         return
     from deepmine.inference.atomic import check_outputs
+    from deepmine.inference.formats import output_paths
     from deepmine.inference.identity import check_content_hash
     from deepmine.inference.model import get_model, resolve_model_path
     from deepmine.inference.pool import ReferencePool
     from deepmine.lenscrafter.selection_plot import completeness_path
 
-    out = Path(out)
+    out, out_ecsv = output_paths(out, (".fits", ".ecsv"), example="selection")
     model_path = resolve_model_path(model)
-    check_outputs([*table_paths(out), plot,
+    check_outputs([out, out_ecsv, plot,
                    None if plot is None else completeness_path(plot), save_pool],
                   [model_path, grid, reference, negatives], overwrite)
     modified = check_content_hash(model_path, allow_modified_model)
