@@ -55,7 +55,7 @@ from deepmine.inference.progress import stage
 
 from .pipeline import BANDS, HSC
 
-__all__ = ["Deflectors", "read_deflectors", "craft_onto", "ZERO_POINT_KEYS", "CHUNK"]
+__all__ = ["Deflectors", "read_deflectors", "calibrate", "craft_onto", "ZERO_POINT_KEYS", "CHUNK"]
 
 #: Header cards read as the AB zero point of the cutouts' flux unit.
 ZERO_POINT_KEYS = ("MAGZERO", "MAGZPT", "ZEROPNT")
@@ -83,17 +83,25 @@ class Deflectors:
         return self._arr.shape if self.files is None else _read_cutout(self.files[0]).shape
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Cutouts ``start:stop`` as float64 in i, r, g order (checked: flux, finite)."""
+        return self.take(np.arange(int(start), int(stop)))
+
+    def take(self, indices) -> np.ndarray:
+        """Cutouts ``indices`` (any order, repeats allowed) as float64 in i, r, g order (checked)."""
+        idx = np.asarray(indices, dtype=np.int64)
         if self.files is None:
-            a = np.asarray(self._arr[start:stop])
+            uniq, inv = np.unique(idx, return_inverse=True)  # sorted reads of a memory map
+            a = np.asarray(self._arr[uniq])[inv] if idx.size else np.asarray(self._arr[:0])
         else:
-            a = np.stack([_read_cutout(f, self.size) for f in self.files[start:stop]])
+            a = np.stack([_read_cutout(self.files[k], self.size) for k in idx]) if idx.size else \
+                np.empty((0, len(BANDS), self.size, self.size))
         if a.dtype == np.uint8:
             raise file_error(self.path, "uint8 pixels are percentile-normalised images, not flux; "
                              "paint onto flux cutouts")
         a = a.astype(np.float64)[:, self.order]
         bad = ~np.isfinite(a).all(axis=(1, 2, 3))
         if bad.any():
-            k = start + int(np.argmax(bad))
+            k = int(idx[int(np.argmax(bad))])
             where = f"cutout {k}" + (f" ({Path(self.files[k]).name})" if self.files is not None else "")
             raise file_error(self.path, f"{where} holds NaN or inf pixels; fill or drop it before painting")
         return a
@@ -258,6 +266,19 @@ def _resolve_psf(d: Deflectors, psf, psf_fwhm, scale):
     return default_psf(scale, fw), "gaussian " + ",".join(f"{f:g}" for f in fw)
 
 
+def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, gain=None, exptime=None, psf=None,
+              psf_fwhm=None):
+    """Pixel scale, zero points, electrons per flux unit and PSF of ``d``, checked against its header.
+
+    Returns ``(pixel_scale, zero_point (3,), gain_e_per_unit (3,), psf kernels, psf description)``,
+    per band in the order i, r, g; refusals are one line (see the module docstring).
+    """
+    scale = _resolve_scale(d, pixel_scale, size)
+    zp, eff_gain = _resolve_calibration(d, zero_point, gain, exptime)
+    kern, psf_desc = _resolve_psf(d, psf, psf_fwhm, scale)
+    return scale, zp, eff_gain, kern, psf_desc
+
+
 def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
                pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
                overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, **paint_kwargs):
@@ -296,9 +317,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     table_path = out.with_suffix(".ecsv")
     check_outputs([out, table_path], [deflectors, *inputs], overwrite)
     d = read_deflectors(deflectors, bands=bands)
-    scale = _resolve_scale(d, pixel_scale, size)
-    zp, eff_gain = _resolve_calibration(d, zero_point, gain, exptime)
-    kern, psf_desc = _resolve_psf(d, psf, psf_fwhm, scale)
+    scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
+                                                    gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
     te = THETA_E_DEFAULT if theta_e is None else tuple(theta_e)
     need = d.n * len(BANDS) * d.size ** 2 * np.dtype(dtype).itemsize
     folder = out.parent if str(out.parent) else Path(".")

@@ -401,6 +401,11 @@ def selection_function(
         raise InputError(f"confidence level must lie in (0, 1), got {level}")
     t_start = time.perf_counter()
     model = get_model(model_path, device=device, threads=threads)
+    if onto is not None:
+        from .selection_onto import check_onto_grid
+
+        onto.check_model(model)
+        check_onto_grid(grid)
     ref = get_pool(pool)
     from deepmine.inference.identity import pool_model_check
 

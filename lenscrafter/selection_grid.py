@@ -61,6 +61,8 @@ LABELS = {
     "n_fg": r"$n^{\rm fg}$",
     "theta_e": r"$\theta_E$ (″)",
     "e_fg": r"$e^{\rm fg}$",
+    "m_dfl": r"$m_i^{\rm dfl}$ (2″)",
+    "q_dfl": r"$q^{\rm dfl}$",
 }
 
 SCALES = ("linear", "log")

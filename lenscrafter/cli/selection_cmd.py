@@ -54,13 +54,32 @@ def selection(
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
+    onto: Optional[Path] = typer.Option(
+        None, "--onto", help="Measure on real deflectors: paint the lenses' arcs onto these cutouts in flux units "
+        "(FITS cube N×3×H×W, .npy, or a directory of FITS cutouts), as `craft --onto`; the grid varies θ_E, the "
+        "source and the deflectors' measured m_dfl, q_dfl; the pool defaults to the unpainted deflectors."),
+    zero_point: Optional[str] = typer.Option(None, "--zero-point", help="--onto: AB zero point (one, or one per "
+                                             "band in the file's order)."),
+    gain: Optional[str] = typer.Option(None, "--gain", help="--onto: electrons per count (one or one per band)."),
+    exptime: Optional[str] = typer.Option(None, "--exptime", help="--onto: exposure time, s, for cutouts in counts "
+                                          "per second."),
+    psf: Optional[Path] = typer.Option(None, "--psf", help="--onto: PSF kernel file (.npy or FITS, K×K or 3×K×K, "
+                                       "i, r, g)."),
+    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: Gaussian PSF FWHM, arcsec (one or "
+                                           "one per band); default HSC-Wide seeing."),
+    pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", help="--onto: arcsec per pixel when the "
+                                                "cutouts have no WCS (checked against it otherwise)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="--onto: the cutouts' band order, e.g. g,r,i "
+                                        "(default: the header's BANDS card, else i,r,g)."),
 ) -> None:
     """Measure a model's selection function (seed 3.1.1, Figure 3.3): for every cell of a grid
     of lens parameters, craft lenses with LensCrafter, scan them, and count the fraction whose
     ordinality against a reference pool of negatives (scored by the same model) exceeds the cut.
 
     Writes one row per cell (counts, detection fraction, Wilson 68 % interval, cost, provenance)
-    as FITS and ECSV. Parameters not on the grid sit at the Figure 4.2 reference lens (or are
+    as FITS and ECSV. With --onto, the arcs are painted onto the survey's own deflector cutouts
+    and the cells bin θ_E × arc magnitude × the deflectors' measured m_dfl (i, 2″ aperture) and
+    q_dfl (docs/lenscrafter.md). Parameters not on the grid sit at the Figure 4.2 reference lens (or are
     drawn from the priors: `others = "prior"` in the grid file). Cost: cells × per-cell lenses,
     each crafted and scanned once (the default grid: 16,384 cells × 4 = 65,536 lenses, plus a
     20,000-negative pool; a few minutes on 2 cores; time grows linearly with cells × per-cell).
@@ -85,7 +104,20 @@ def selection(
         from deepmine.inference.formats import check_plot_path
 
         check_plot_path(plot)
-    g = read_grid(existing_file(grid, "grid file")) if grid is not None else default_grid()
+    source = None
+    if onto is not None:
+        source = _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands)
+    else:
+        for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime), ("--psf", psf),
+                         ("--psf-fwhm", psf_fwhm), ("--pixel-scale", pixel_scale), ("--bands", bands)):
+            if val is not None:
+                raise InputError(f"{opt} applies to --onto only")
+    if source is not None:
+        from deepmine.lenscrafter.selection_onto import default_onto_grid, read_onto_grid
+
+        g = read_onto_grid(existing_file(grid, "grid file")) if grid is not None else default_onto_grid(source)
+    else:
+        g = read_grid(existing_file(grid, "grid file")) if grid is not None else default_grid()
     n_cell = int(per_cell or g.per_cell)
     n_lenses = g.n_cells * n_cell
     if dry_run:
@@ -103,9 +135,11 @@ def selection(
     model_path = resolve_model_path(model)
     check_outputs([out, out_ecsv, plot,
                    None if plot is None else completeness_path(plot), save_pool],
-                  [model_path, grid, reference, negatives], overwrite)
+                  [model_path, grid, reference, negatives, onto, psf], overwrite)
     modified = check_content_hash(model_path, allow_modified_model)
     m = get_model(model_path, device=device, threads=threads)
+    if source is not None:
+        source.check_model(m)
     work = Path(workdir) if workdir is not None else out.with_name(out.stem + ".parts")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -115,16 +149,22 @@ def selection(
     if reference is not None:
         pool = ReferencePool.load(existing_file(reference, "reference pool"))
     elif save_pool is None and pool_path.exists() and negatives is None:
-        # a pool this command crafted before with the same model, seed and size: reuse it
+        # a pool this command made before with the same model and settings: reuse it
         pool = ReferencePool.load(pool_path)
         prov = pool.provenance
-        if (prov.get("scoring_id"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != (
-                m.scoring_id, seed, pool_size, "lenscrafter negatives"):
+        want = ((m.scoring_id, seed, pool_size, "lenscrafter negatives") if source is None else
+                (m.scoring_id, None, source.n, str(source.path)))
+        if (prov.get("scoring_id"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != want:
             pool = None
     else:
         pool = None
     if pool is None:
-        if negatives is not None:
+        if negatives is None and source is not None:
+            from deepmine.lenscrafter.selection_onto import score_deflectors
+
+            with task("scoring the unpainted deflectors", source.n) as advance:
+                pool = score_deflectors(m, source, batch_size=batch_size, progress=advance)
+        elif negatives is not None:
             from deepmine.inference.readers import resolve_inputs
 
             (spec,), _ = resolve_inputs([negatives], m.metadata)
@@ -151,7 +191,7 @@ def selection(
         sel = selection_function(
             model_path, g, pool=pool, per_cell=n_cell, seed=seed, cut=cut, workdir=work, resume=resume,
             part_lenses=part_lenses, device=device, threads=run.threads, batch_size=batch_size, progress=progress,
-            map_parts=run.map_parts,
+            map_parts=run.map_parts, onto=source,
         )
     sel.provenance["pool_file"] = str(reference or pool_path)
     if modified:
@@ -183,6 +223,21 @@ def selection(
     )
     for p in s["outputs"]:
         out_console.print(f"wrote {p}")
+
+
+def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands):
+    """Open, check and measure the deflectors of --onto (the checks of `craft --onto`)."""
+    from deepmine.lenscrafter.cli.craft_cmd import _floats, _read_psf
+    from deepmine.lenscrafter.onto import read_deflectors
+    from deepmine.lenscrafter.selection_onto import prepare_onto
+
+    n = read_deflectors(onto, bands=bands).n
+    with task("measuring deflectors", n) as advance:
+        return prepare_onto(onto, zero_point=_floats(zero_point, "--zero-point", (1, 3)),
+                            gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
+                            psf=_read_psf(psf) if psf is not None else None,
+                            psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
+                            bands=bands, progress=advance)
 
 
 def register(app: typer.Typer) -> None:
