@@ -36,8 +36,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numba as nb
 import numpy as np
+
+from .lazyjit import lazy_njit
 
 FLAG_NONFINITE = 1
 FLAG_BLANK = 2
@@ -135,7 +136,7 @@ class Block:
                    nan, nan.copy(), nan.copy(), nan.copy(), np.ones(n, bool), [])
 
 
-@nb.njit(cache=True, nogil=True)
+@lazy_njit(cache=True, nogil=True)  # Numba is imported at the first float block, not here
 def _flags_kernel(x, out):  # pragma: no cover - compiled
     n, c, h, w = x.shape
     for i in range(n):

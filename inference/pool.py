@@ -20,7 +20,6 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError, file_error
-from .ranking import check_scores, ordinality_against
 
 POOL_MARKER = "deepmine-reference-pool-1"
 
@@ -42,6 +41,8 @@ class ReferencePool:
     @classmethod
     def from_scores(cls, scores, **provenance) -> ReferencePool:
         """Sort ``scores`` (finite, 1-D) into a pool; keyword arguments become provenance."""
+        from .ranking import check_scores  # Numba loads when a pool is used, not at import
+
         s = np.sort(check_scores(scores, "reference scores"))
         from . import __version__
 
@@ -54,6 +55,8 @@ class ReferencePool:
 
     def ordinality(self, scores) -> np.ndarray:
         """Ordinality of ``scores`` in this pool (see :func:`ordinality_against`)."""
+        from .ranking import ordinality_against
+
         return ordinality_against(scores, self.scores, assume_sorted=True)
 
     def save(self, path: str | os.PathLike) -> Path:

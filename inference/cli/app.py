@@ -48,7 +48,7 @@ COMMANDS = {
     "bench": "deepmine.inference.cli.bench_cmd",
 }
 
-app = typer.Typer(
+_app = typer.Typer(
     name="deepmine",
     help="Mine rare objects (strong gravitational lenses first) in survey imaging.\n\n"
     "Craft lenses (LensCrafter), train classifiers (torch, `deepmine[train]`), export them to "
@@ -67,7 +67,7 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
+@_app.callback()
 def _root(
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
@@ -79,30 +79,55 @@ def _root(
         os.environ["DEEPMINE_DEBUG"] = "1"
 
 
-def _register_all() -> None:
-    for modname in COMMANDS.values():
+_registered: set[str] = set()
+
+
+def _register(names) -> None:
+    """Import the modules of the commands ``names`` and add their commands to the app (once each)."""
+    for name in names:
+        modname = COMMANDS[name]
+        if modname in _registered:
+            continue
         try:
             module = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
             if exc.name == modname:  # command not built yet
                 continue
             raise
-        module.register(app)
+        module.register(_app)
+        _registered.add(modname)
 
 
-_register_all()
+def _register_all() -> None:
+    _register(COMMANDS)
 
 
-def _command_path(argv: list[str]) -> str:
-    words = [a for a in argv if not a.startswith("-")][:2]
-    path = "deepmine"
-    if words and words[0] in app_command_names():
-        path += f" {words[0]}"
-    return path
+def __getattr__(name: str):
+    """``app``: the typer app with every command registered (for tests and tools that walk it).
+
+    :func:`main` registers only the command it runs (importing the other command modules costs
+    ~0.1–0.3 s of start-up), or every command for ``deepmine --help`` and unknown words.
+    """
+    if name == "app":
+        _register_all()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _command_word(argv: list[str]) -> str | None:
+    words = [a for a in argv if not a.startswith("-")][:1]
+    return words[0] if words and words[0] in COMMANDS else None
+
+
+def _command_path(argv: list[str], command) -> str:
+    word = _command_word(argv)
+    return f"deepmine {word}" if word and word in getattr(command, "commands", {}) else "deepmine"
 
 
 def app_command_names() -> set[str]:
-    cmd = typer.main.get_command(app)
+    """Names of every command of the app."""
+    _register_all()
+    cmd = typer.main.get_command(_app)
     return set(getattr(cmd, "commands", {}).keys())
 
 
@@ -115,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DEEPMINE_DEBUG") == "1"
-    command = typer.main.get_command(app)
-    where = _command_path(argv)
+    word = _command_word(argv)
+    _register([word] if word else COMMANDS)
+    command = typer.main.get_command(_app)
+    where = _command_path(argv, command)
     try:
         rv = command.main(args=argv, prog_name="deepmine", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
