@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import file_error
+from .fitspath import split_extension
 
 
 def _umask() -> int:
@@ -48,7 +49,8 @@ def check_outputs(outputs, inputs=(), overwrite: bool = False, folders=()) -> li
     ----------
     outputs : paths the command will write (its sidecars included: the ECSV/Parquet siblings
         of a catalogue, a ``_top.ecsv``, a mosaic, a pool...); None entries are skipped
-    inputs : paths the command reads (None skipped); directories cover the files inside them
+    inputs : paths the command reads (None skipped); directories cover the files inside them;
+        a FITS extension in a name (``image.fits[1]``) names its file
     overwrite : replace existing outputs (astropy's convention); never an input
     folders : those of ``outputs`` that are folders (Parquet datasets, HATS catalogues)
 
@@ -59,8 +61,9 @@ def check_outputs(outputs, inputs=(), overwrite: bool = False, folders=()) -> li
     ins = []
     for q in inputs:
         if q is not None:
-            with contextlib.suppress(OSError, RuntimeError):
-                ins.append((Path(q), Path(q).resolve()))
+            with contextlib.suppress(OSError, RuntimeError, ValueError):
+                f = split_extension(q)[0]  # ``image.fits[1]`` is the file image.fits
+                ins.append((f, f.resolve()))
     folder_set = {Path(f) for f in folders if f is not None}
     seen: dict[Path, Path] = {}
     checked = []

@@ -3,7 +3,8 @@
 Every module that decides what a file is by its name asks here (as astropy's
 ``io/fits/connect.py`` keeps one list of FITS suffixes):
 
-- :data:`FITS_SUFFIXES`, :func:`is_fits`, :func:`strip_suffix` (``cat.fits.gz`` → ``cat``);
+- :data:`FITS_SUFFIXES`, :func:`is_fits` (defined in :mod:`.fitspath`), :func:`strip_suffix`
+  (``cat.fits.gz`` → ``cat``);
 - :data:`STACK_SUFFIXES` and :func:`open_stack`: a stack of cutouts (``.npy`` or a FITS cube),
   memory-mapped, as N×C×H×W — the one reader used by training data, the grading page and
   ``deepmine generate``'s checks (the scanner's streaming readers in :mod:`.readers` use the
@@ -12,7 +13,8 @@ Every module that decides what a file is by its name asks here (as astropy's
 - :func:`split_extension`, :func:`open_fits`, :func:`image_hdu`: a FITS image named with an
   extension, ``file.fits[N]`` (HDU number, 0 = primary) or ``file.fits[EXTNAME]`` /
   ``file.fits[EXTNAME,EXTVER]`` (cfitsio's and astropy's notation) — the one parser, used
-  wherever a FITS image is read (scan inputs, survey images, cutout stacks).
+  wherever a FITS image is read (scan inputs, survey images, cutout stacks; the parser lives in
+  :mod:`.fitspath`, which the output check of :mod:`.atomic` uses too).
 
 >>> is_fits("tile.fits.fz"), is_fits("cat.ecsv")
 (True, False)
@@ -24,20 +26,18 @@ Every module that decides what a file is by its name asks here (as astropy's
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, file_error, first_line
+from .fitspath import FITS_SUFFIXES, is_fits, split_extension
 
 __all__ = ["FITS_SUFFIXES", "STACK_SUFFIXES", "TABLE_SUFFIXES", "HSC_BANDS", "is_fits", "band_name", "strip_suffix", "load_npy",
            "open_stack", "PLOT_SUFFIXES", "check_plot_path", "split_extension", "open_fits", "image_hdu", "output_paths"]
 
 #: Channel order of 3-band HSC cutouts (seed 4.1): i, r, g shown as R, G, B.
 HSC_BANDS = ("i", "r", "g")
-#: Names a FITS file may end with (compressed forms included), longest first.
-FITS_SUFFIXES = (".fits.gz", ".fits.fz", ".fit.gz", ".fits", ".fit", ".fts", ".fz")
 #: Cutout stacks: NumPy arrays or FITS cubes.
 STACK_SUFFIXES = (".npy", *FITS_SUFFIXES)
 #: Tables (catalogues, grades, pools): FITS binary tables, ECSV, Parquet, CSV and the other
@@ -54,11 +54,6 @@ def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> Path:
 
     picture_format(path, option)
     return Path(path)
-
-
-def is_fits(path: str | os.PathLike) -> bool:
-    """Whether ``path``'s name ends with a FITS suffix (case-insensitive)."""
-    return Path(path).name.lower().endswith(FITS_SUFFIXES)
 
 
 def band_name(value, bands=HSC_BANDS) -> str:
@@ -86,32 +81,6 @@ def strip_suffix(path: str | os.PathLike, suffixes=(*TABLE_SUFFIXES, ".npy")) ->
         if name.endswith(s) and len(name) > len(s):
             return p.with_name(p.name[: -len(s)])
     return p
-
-
-_EXT = re.compile(r"^(?P<file>.+)\[(?P<ext>[^\[\]]+)\]$")
-
-
-def split_extension(path: str | os.PathLike) -> tuple[Path, int | str | tuple[str, int] | None]:
-    """``(file, extension)`` of a FITS image named ``file.fits[N]``, ``file.fits[EXTNAME]`` or
-    ``file.fits[EXTNAME,EXTVER]``; ``(path, None)`` when no extension is named.
-
-    Only names whose part before the brackets is a FITS name (:func:`is_fits`) are split, so a
-    file such as ``run[1].npy`` keeps its name. ``N`` counts HDUs from 0 (the primary), as
-    astropy's ``hdul[N]`` does; an EXTNAME is matched case-insensitively, as astropy matches it.
-
-    >>> split_extension("img.fits[1]"), split_extension("img.fz[sci, 2]"), split_extension("a.npy")
-    ((PosixPath('img.fits'), 1), (PosixPath('img.fz'), ('SCI', 2)), (PosixPath('a.npy'), None))
-    """
-    m = _EXT.match(str(path))
-    if m is None or not is_fits(m["file"]):
-        return Path(path), None
-    ext = m["ext"].strip()
-    if ext.isdigit():
-        return Path(m["file"]), int(ext)
-    name, comma, ver = (v.strip() for v in ext.partition(","))
-    if not name or (comma and not ver.isdigit()):
-        raise InputError(f"{path}: cannot read the extension [{ext}]; expected [N], [EXTNAME] or [EXTNAME,EXTVER]")
-    return Path(m["file"]), ((name.upper(), int(ver)) if ver else name.upper())
 
 
 def open_fits(path: str | os.PathLike, memmap: bool = False):

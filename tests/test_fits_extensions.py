@@ -226,3 +226,17 @@ def test_scan_cli_with_extensions_and_masks(tmp_path, cli):
     assert rc == 2 and "Traceback" not in err
     line = [x for x in err.splitlines() if x.strip()]
     assert len(line) == 1 and "calexp-g.fits[SCI]: no extension 'SCI'" in line[0]
+
+
+def test_an_extension_input_is_never_written_over(tmp_path, cli):
+    """``--out cube.fits`` with the input ``cube.fits[1]`` is the input file, --overwrite or not."""
+    from deepmine.inference.atomic import check_outputs
+
+    model = make_classifier(tmp_path / "toy.onnx", shape=(1, 16, 16), bands=("r",))
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((4, 16, 16), np.float32))]).writeto(tmp_path / "c.fits")
+    before = (tmp_path / "c.fits").read_bytes()
+    rc, out, err = cli("scan", f"{tmp_path / 'c.fits'}[1]", "--model", model, "--out", tmp_path / "c.fits",
+                       "--overwrite")
+    assert rc == 2 and "would write over the input" in err and (tmp_path / "c.fits").read_bytes() == before
+    with pytest.raises(InputError, match="would write over the input"):
+        check_outputs([tmp_path / "c.fits"], [f"{tmp_path / 'c.fits'}[SCI,2]"], overwrite=True)
