@@ -60,6 +60,8 @@ from .synth import Observation, render, sersic_rows
 PAINT_SALT = 0x9A17
 #: θ_E prior of the painted lenses (arcsec, uniform), the range of a galaxy-scale lens on HSC.
 THETA_E_DEFAULT = (0.8, 2.8)
+#: The source's columns of a lens table: what ``**source`` may set (``src_x``, ``src_y`` relative to the SIE centre).
+SOURCE_COLUMNS = tuple(c for c in LENS_COLUMNS if c.endswith("_src") or c.startswith("src_"))
 #: m_g_fg written into the parameter table: the faintest accepted value (no deflector light is drawn).
 NO_LIGHT_MAG = PARAM_RANGES["m_g_fg"][1]
 
@@ -108,7 +110,7 @@ def _per_band(name, value, nchan, low, high) -> np.ndarray:
         raise InputError(f"{name}: expected a number or {nchan} values (one per band i, r, g), got shape {v.shape}")
     for b, x in zip(BANDS, v):
         if not (np.isfinite(x) and low <= x <= high):
-            raise InputError(f"{name}={x!r} (band {b}) is out of range; expected {low:g} <= {name} <= {high:g}")
+            raise InputError(f"{name}={float(x):g} (band {b}) is out of range; expected {low:g} <= {name} <= {high:g}")
     return v
 
 
@@ -291,10 +293,9 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
     ss = int(supersample)
     if ss != supersample or not 1 <= ss <= 16:
         raise InputError(f"supersample={supersample!r}: expected a whole number 1..16")
-    unknown = sorted(set(source) - {c for c in LENS_COLUMNS if c.endswith("_src")})
+    unknown = sorted(set(source) - set(SOURCE_COLUMNS))
     if unknown:
-        raise InputError(f"unknown source parameter(s) {', '.join(unknown)}; "
-                         f"paint_arcs takes {', '.join(c for c in LENS_COLUMNS if c.endswith('_src'))}")
+        raise InputError(f"unknown source parameter(s) {', '.join(unknown)}; paint_arcs takes {', '.join(SOURCE_COLUMNS)}")
     te_kind, te_spec = _theta_e_values(theta_e, n)
     if indices is None:
         idx = np.arange(int(index_offset), int(index_offset) + n, dtype=np.int64)

@@ -62,9 +62,9 @@ PIXEL_SCALE_TOLERANCE = 0.05
 
 def known_onto_parameters() -> list:
     """Parameter columns a ``--onto`` grid may name: θ_E, the source columns, :data:`DEFLECTOR_AXES`."""
-    from .params import LENS_COLUMNS
+    from .paint import SOURCE_COLUMNS
 
-    return ["theta_e", *[c for c in LENS_COLUMNS if c.endswith("_src")], *DEFLECTOR_AXES]
+    return ["theta_e", *SOURCE_COLUMNS, *DEFLECTOR_AXES]
 
 
 def measure_deflectors(d, zero_point_i: float, pixel_scale: float, chunk: int = POOL_CHUNK,
@@ -195,7 +195,7 @@ class OntoSource:
 
     def images_for_cells(self, grid: SelectionGrid, cells, per_cell: int, seed: int, model):
         """Painted cutouts of the lenses of ``cells`` (float32, the model's bands) and lenses per cell."""
-        from .paint import THETA_E_DEFAULT, paint_arcs
+        from .paint import SOURCE_COLUMNS, THETA_E_DEFAULT, paint_arcs
         from .params import REFERENCE
 
         cells = np.asarray(cells, dtype=np.int64)
@@ -212,9 +212,9 @@ class OntoSource:
         values.update(grid.axis_values(cells, per_cell, u))
         flat = keep.ravel()
         lens_no = (cells[:, None] * per_cell + np.arange(per_cell)[None, :]).ravel()[flat]
-        kw = {col: v[flat] for col, v in values.items() if col.endswith("_src")}
+        kw = {col: v[flat] for col, v in values.items() if col in SOURCE_COLUMNS}
         if grid.others == "reference":
-            kw.update({col: float(v) for col, v in REFERENCE.items() if col.endswith("_src") and col not in kw})
+            kw.update({col: float(REFERENCE[col]) for col in SOURCE_COLUMNS if col not in kw})
         te = values["theta_e"][flat] if "theta_e" in values else (
             float(REFERENCE["theta_e"]) if grid.others == "reference" else THETA_E_DEFAULT)
         painted, _ = paint_arcs(self.deflectors().take(chosen[keep]), pixel_scale=self.pixel_scale,
