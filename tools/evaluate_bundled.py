@@ -64,7 +64,21 @@ def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
 
 def hdf_cutouts(*, size: int = 64, pixel_scale: float = 0.168, seeing: float = 0.6, max_galaxies: int = 400,
                 min_area: int = 12, i_max: float = 25.0, seed: int = SEED_SKY):
-    """Cutouts (N, 3, size, size) float32, counts for zero point 27, around the XDF's galaxies.
+    """Cutouts (N, 3, size, size) float32 around the XDF's galaxies: :func:`hdf_field`'s, cut.
+
+    Returns (cutouts, info, i_mags); ``info["corners"]`` holds each cutout's first column and
+    row (x0, y0) in the resampled image (e.g. to split the galaxies by region).
+    """
+    img, cands, mags, info = hdf_field(size=size, pixel_scale=pixel_scale, seeing=seeing, max_galaxies=max_galaxies,
+                                       min_area=min_area, i_max=i_max, seed=seed)
+    cut = np.stack([img[:, y0:y0 + size, x0:x0 + size] for _, _, _, x0, y0 in cands]).astype(np.float32)
+    info["corners"] = [[int(x0), int(y0)] for _, _, _, x0, y0 in cands]
+    return cut, info, mags
+
+
+def hdf_field(*, size: int = 64, pixel_scale: float = 0.168, seeing: float = 0.6, max_galaxies: int = 400,
+              min_area: int = 12, i_max: float = 25.0, seed: int = SEED_SKY):
+    """The XDF as an HSC-like 3-band image in counts for zero point 27, and its galaxies.
 
     Steps (every choice an assumption about an 8-bit composite, not flux calibration):
 
@@ -87,8 +101,10 @@ def hdf_cutouts(*, size: int = 64, pixel_scale: float = 0.168, seeing: float = 0
     * cutouts nearest-centred on the centroid (first column ``ceil(x − size/2)``, as
       ``astropy.nddata.Cutout2D``; docs/formats.md).
 
-    Returns (cutouts, info, i_mags): info a dict of the numbers used, i_mags the galaxies' i-band
-    magnitudes (2″ aperture), brightest first like the cutouts.
+    Returns (image, galaxies, i_mags, info): the calibrated 3×H×W image (float64, counts for zero
+    point 27, sky noise included), the galaxies brightest first as (aperture flux before
+    scaling, x, y, x0, y0) with (x0, y0) the first column and row of their cutout, their i-band
+    magnitudes (2″ aperture), and a dict of the numbers used.
     """
     from skimage import data, feature, measure, transform
 
@@ -131,7 +147,6 @@ def hdf_cutouts(*, size: int = 64, pixel_scale: float = 0.168, seeing: float = 0
     k = 10 ** (-0.4 * (HDF_BRIGHTEST_I - 27.0)) / cands[0][0]
     cands = [c for c in cands if 27.0 - 2.5 * np.log10(c[0] * k) <= i_max][:max_galaxies]
     img = observe(img * k, HSC["sky_sigma"], seed=seed)
-    cut = np.stack([img[:, y0:y0 + size, x0:x0 + size] for _, _, _, x0, y0 in cands]).astype(np.float32)
     mags = 27.0 - 2.5 * np.log10(np.array([c[0] for c in cands]) * k)
     info = {"image": "skimage.data.hubble_deep_field() (Hubble eXtreme Deep Field, NASA/STScI 2012-37, JPEG)",
             "native_pixel_scale": HDF_PIXEL_SCALE, "pixel_scale": pixel_scale, "seeing_fwhm": seeing,
@@ -139,7 +154,7 @@ def hdf_cutouts(*, size: int = 64, pixel_scale: float = 0.168, seeing: float = 0
             "n_peaks": int(len(peaks)), "n_galaxies": len(cands), "i_max": i_max,
             "i_mag_range": [float(mags.min()), float(mags.max())], "i_mag_median": float(np.median(mags)),
             "resampled_shape": [int(h), int(w)]}
-    return cut, info, mags
+    return img, cands, mags, info
 
 
 # ----------------------------------------------------------------------------- evaluation
