@@ -60,16 +60,29 @@ def arrow_schema(template):
     return pa.schema(fields, metadata=meta)
 
 
-def arrow_table(block: dict, schema):
-    """A block (column → array) as a pyarrow Table of ``schema``; NaN scores become nulls."""
+def arrow_table(block: dict, schema, sources=None):
+    """A block (column → array) as a pyarrow Table of ``schema``; NaN scores become nulls.
+    With ``sources``, ``block["source"]`` holds int32 indices into it (see
+    :meth:`deepmine.inference.merge_stream.StreamedMerge.blocks`)."""
     import pyarrow as pa
 
     cols = []
     for f in schema:
         data = np.asarray(block[f.name])
+        if sources is not None and f.name == "source":
+            codes = pa.DictionaryArray.from_arrays(pa.array(data, type=pa.int32()), pa.array(np.asarray(sources)))
+            cols.append(codes.cast(f.type))
+            continue
         null = np.isnan(data) if f.name in NULLABLE_COLUMNS and data.dtype.kind == "f" else None
         cols.append(pa.array(data, type=f.type, mask=null if null is not None and null.any() else None))
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def writer_options(schema) -> dict:
+    """Parquet writer settings: snappy; dictionary encoding only where values repeat (``source``,
+    ``flags``, ``spec_index``), not on scores and positions, where it only costs time."""
+    repeat = [f.name for f in schema if f.name in ("source", "flags", "spec_index")]
+    return {"compression": "snappy", "use_dictionary": repeat}
 
 
 def iter_table_blocks(table, rows: int = 2**20) -> Iterator[dict]:
@@ -103,7 +116,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 class ParquetFileWriter:
     """One Parquet file written a block (row group) at a time; appears at ``path`` on :meth:`close`."""
 
-    def __init__(self, path, schema):
+    def __init__(self, path, schema, sources=None):
         import pyarrow.parquet as pq
 
         from .atomic import atomic_path
@@ -111,11 +124,12 @@ class ParquetFileWriter:
         self._ctx = atomic_path(path, suffix=".parquet")
         self._tmp = self._ctx.__enter__()
         self.schema = schema
-        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self.sources = sources
+        self._writer = pq.ParquetWriter(self._tmp, schema, **writer_options(schema))
         self.rows = 0
 
     def write(self, block: dict) -> None:
-        t = arrow_table(block, self.schema)
+        t = arrow_table(block, self.schema, self.sources)
         if t.num_rows:
             self._writer.write_table(t, row_group_size=t.num_rows)
             self.rows += t.num_rows
@@ -133,11 +147,12 @@ class ParquetDatasetWriter:
     """A partitioned Parquet dataset (files of at most ``rows_per_file`` rows, one row group a
     block) written into a temporary folder that takes ``path``'s place on :meth:`close`."""
 
-    def __init__(self, path, schema, rows_per_file: int = ROWS_PER_FILE):
+    def __init__(self, path, schema, rows_per_file: int = ROWS_PER_FILE, sources=None):
         import pyarrow.parquet as pq
 
         self.path = Path(path)
         self.schema = schema
+        self.sources = sources
         self.rows_per_file = int(rows_per_file)
         self._ctx = atomic_dir(self.path)
         self._tmp = self._ctx.__enter__()
@@ -150,12 +165,13 @@ class ParquetDatasetWriter:
     def _next_file(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        self._writer = self._pq.ParquetWriter(self._tmp / f"part-{self.files:05d}.parquet", self.schema)
+        self._writer = self._pq.ParquetWriter(self._tmp / f"part-{self.files:05d}.parquet", self.schema,
+                                              **writer_options(self.schema))
         self.files += 1
         self._in_file = 0
 
     def write(self, block: dict) -> None:
-        t = arrow_table(block, self.schema)
+        t = arrow_table(block, self.schema, self.sources)
         at = 0
         while at < t.num_rows:
             if self._writer is None or self._in_file >= self.rows_per_file:
@@ -224,12 +240,13 @@ def write_hats(dataset: str | os.PathLike, out: str | os.PathLike, *, ra: str = 
 
 
 def write_blocks(blocks: Iterable[dict], template, paths: dict, *, rows_per_file: int = ROWS_PER_FILE,
-                 on_block=None) -> dict:
+                 on_block=None, sources=None) -> dict:
     """Write blocks (column → array, in catalogue order) to the streaming formats in one pass.
 
     ``paths`` maps ``parquet``/``dataset``/``hats`` to outputs; ``hats`` needs ``dataset``'s
     rows: it is built from the dataset (a temporary one when ``dataset`` is not asked for).
-    ``on_block(block)`` sees every block (top-list selection). Returns ``paths``.
+    ``on_block(block)`` sees every block (top-list selection). ``sources``: the blocks'
+    ``source`` column holds indices into these names. Returns ``paths``.
     """
     unknown = set(paths) - {"parquet", "dataset", "hats"}
     if unknown:
@@ -239,13 +256,13 @@ def write_blocks(blocks: Iterable[dict], template, paths: dict, *, rows_per_file
     writers = []
     scratch = None
     if "parquet" in paths:
-        writers.append(ParquetFileWriter(paths["parquet"], schema))
+        writers.append(ParquetFileWriter(paths["parquet"], schema, sources))
     ds_path = paths.get("dataset")
     if ds_path is None and "hats" in paths:
         scratch = Path(paths["hats"]).parent / f".{Path(paths['hats']).name}.rows-{uuid.uuid4().hex[:8]}"
         ds_path = scratch
     if ds_path is not None:
-        writers.append(ParquetDatasetWriter(ds_path, schema, rows_per_file))
+        writers.append(ParquetDatasetWriter(ds_path, schema, rows_per_file, sources))
     ok = False
     no_radec = 0
     try:

@@ -41,7 +41,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba as nb
 import numpy as np
 
 from .errors import InputError, file_error
@@ -54,9 +53,7 @@ DEFAULT_BUDGET = 2_000_000_000
 RESERVE = 400_000_000
 _BUCKET_BITS = 16
 _NBUCKETS = 1 << _BUCKET_BITS
-_LOW = 1 << (32 - _BUCKET_BITS)
-_SORT_BYTES = 16  # a key being sorted: key, scratch key, index, scratch index (uint32/int32)
-_DENSE_BYTES = _LOW * 8  # one bucket's dense table (float64 after the prefix sum)
+_DENSE_BYTES = (1 << (32 - _BUCKET_BITS)) * 8  # one bucket's dense table (merge_ranks.DENSE_BYTES)
 
 _DTYPES = {"id": np.int64, "index": np.int64, "ra": np.float64, "dec": np.float64, "x": np.float64,
            "y": np.float64, "logit": np.float32, "probability": np.float32, "flags": np.int32,
@@ -90,67 +87,13 @@ def parse_budget(text) -> int:
     return int(value)
 
 
-# --------------------------------------------------------------------------------------
-# kernels
-# --------------------------------------------------------------------------------------
-@nb.njit(cache=True)
-def _keys_u32(x):  # pragma: no cover - compiled
-    """Order-preserving uint32 keys of float32 values (−0.0 → the key of +0.0)."""
-    bits = x.view(np.uint32)
-    keys = np.empty(x.shape[0], dtype=np.uint32)
-    sign = np.uint32(0x80000000)
-    for i in range(x.shape[0]):
-        b = bits[i]
-        if b == sign:
-            b = np.uint32(0)
-        keys[i] = (b ^ sign) if (b & sign) == 0 else ~b
-    return keys
+def _k():
+    """The rank passes and their Numba kernels (:mod:`deepmine.inference.merge_ranks`), imported
+    on first use so that importing this module (e.g. for :func:`parse_budget` at a scan's start)
+    loads no Numba."""
+    from . import merge_ranks
 
-
-@nb.njit(cache=True)
-def _count_dense(table, slot_of, keys):  # pragma: no cover - compiled
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        s = slot_of[k >> 16]
-        if s >= 0:
-            table[s * 65536 + (k & 0xFFFF)] += 1.0
-
-
-@nb.njit(cache=True)
-def _dense_values(table, below, n):  # pragma: no cover - compiled
-    """Counts → ordinality values in place: (less + 1 + less + equal)·½ / n."""
-    acc = below
-    for t in range(table.shape[0]):
-        eq = np.int64(table[t])
-        if eq:
-            table[t] = (acc + 1 + acc + eq) * 0.5 / n
-            acc += eq
-
-
-@nb.njit(cache=True)
-def _lookup_dense(table, slot_of, keys, out):  # pragma: no cover - compiled
-    m = 0
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        s = slot_of[k >> 16]
-        if s >= 0:
-            out[m] = table[s * 65536 + (k & 0xFFFF)]
-            m += 1
-    return m
-
-
-@nb.njit(cache=True)
-def _sorted_values(sorted_keys, order, below, n, out):  # pragma: no cover - compiled
-    m = sorted_keys.shape[0]
-    i = 0
-    while i < m:
-        j = i + 1
-        while j < m and sorted_keys[j] == sorted_keys[i]:
-            j += 1
-        value = (below + i + 1 + below + j) * 0.5 / n
-        for t in range(i, j):
-            out[order[t]] = value
-        i = j
+    return merge_ranks
 
 
 # --------------------------------------------------------------------------------------
@@ -199,16 +142,6 @@ class _Part:
     is_sorted: bool
     remap: np.ndarray  # the part's source index → global source index
     kept: list
-
-
-@dataclass
-class _Range:
-    first: int  # buckets first..last (inclusive)
-    last: int
-    count: int
-    below: int  # ranked keys in lower buckets
-    dense: bool
-    spill: Path | None = None
 
 
 @dataclass
@@ -267,20 +200,28 @@ class StreamedMerge:
                 t[k].unit = u
         return t
 
-    def blocks(self, block_rows: int | None = None) -> Iterator[dict]:
-        """Yield the catalogue as dicts of column → array, in id order, ``block_rows`` rows each (the last fewer)."""
+    @property
+    def sources(self) -> np.ndarray:
+        """The distinct ``source`` names (``source_codes`` of :meth:`blocks` index into them)."""
+        return self._sources
+
+    def blocks(self, block_rows: int | None = None, *, source_codes: bool = False) -> Iterator[dict]:
+        """Yield the catalogue as dicts of column → array, in id order, ``block_rows`` rows each
+        (the last fewer). ``source_codes``: the ``source`` column as int32 indices into
+        :attr:`sources` (cheaper to write: a Parquet dictionary), not strings."""
         size = int(block_rows or self.block_rows)
         handles = {}
+        dtypes = dict(self.dtypes, source=np.dtype(np.int32)) if source_codes else self.dtypes
         try:
             for r in self.ranges:
                 handles[id(r)] = open(r.spill, "rb")  # noqa: SIM115 - closed below
             pending, rows = [], 0
             for unit in self._units:
-                block = self._unit_block(unit, handles)
+                block = self._unit_block(unit, handles, source_codes)
                 pending.append(block)
                 rows += len(block["id"])
                 if rows >= size:
-                    whole = _concat(pending, self.dtypes)
+                    whole = _concat(pending, dtypes)
                     at = 0
                     while rows - at >= size:
                         yield {k: v[at:at + size] for k, v in whole.items()}
@@ -288,7 +229,7 @@ class StreamedMerge:
                     pending = [{k: v[at:] for k, v in whole.items()}] if at < rows else []
                     rows -= at
             if rows:
-                yield _concat(pending, self.dtypes)
+                yield _concat(pending, dtypes)
         finally:
             for fh in handles.values():
                 fh.close()
@@ -328,7 +269,7 @@ class StreamedMerge:
                 ids.append(_member(z, "id", self._parts[i].path))
         return np.concatenate(ids)
 
-    def _unit_block(self, unit: list[int], handles) -> dict:
+    def _unit_block(self, unit: list[int], handles, source_codes: bool = False) -> dict:
         names = [k for k in _DTYPES if k != "spec_index" or "spec_index" in self.dtypes]
         d = self._read_unit(unit, names, kept=True)
         logit = d["logit"].astype(np.float32, copy=False)
@@ -337,7 +278,7 @@ class StreamedMerge:
         ordn = np.full(n, np.nan)
         if finite.any():
             lf = np.ascontiguousarray(logit[finite])
-            keys = _keys_u32(lf)
+            keys = _k().keys_u32(lf)
             which = self._range_of[keys >> _BUCKET_BITS]
             vals = np.empty(keys.shape[0])
             for r_i in np.unique(which):
@@ -349,7 +290,7 @@ class StreamedMerge:
                     raise InputError(f"{r.spill}: spill file truncated during the merge")
                 vals[sel] = got
             ordn[finite] = vals
-        out = {"id": d["id"], "source": self._sources[d["source"]]}
+        out = {"id": d["id"], "source": d["source"] if source_codes else self._sources[d["source"]]}
         for k in ("index", "ra", "dec", "x", "y", "logit", "probability"):
             out[k] = d[k]
         out["ordinality"] = ordn
@@ -369,7 +310,7 @@ class StreamedMerge:
         """Keys of the finite logits, unit by unit, in stream order."""
         for unit in self._units:
             logit = self._read_unit(unit, ["logit"])["logit"].astype(np.float32, copy=False)
-            yield _keys_u32(np.ascontiguousarray(logit[np.isfinite(logit)]))
+            yield _k().keys_u32(np.ascontiguousarray(logit[np.isfinite(logit)]))
 
 
 def _fill(n: int, dt: np.dtype) -> np.ndarray:
@@ -407,7 +348,7 @@ def _survey(paths: list[Path]):
         parts.append(_Part(p, n, int(ids.min()) if n else 0, int(ids.max()) if n else -1, is_sorted, remap, mine))
         lf = logit[np.isfinite(logit)]
         if lf.size:
-            hist += np.bincount(_keys_u32(np.ascontiguousarray(lf)) >> _BUCKET_BITS, minlength=_NBUCKETS)
+            hist += np.bincount(_k().keys_u32(np.ascontiguousarray(lf)) >> _BUCKET_BITS, minlength=_NBUCKETS)
     return parts, hist, sources, kept, skipped
 
 
@@ -424,72 +365,6 @@ def _units(parts: list[_Part]) -> list[list[int]]:
             units.append([i])
             top = parts[i].id_max
     return units
-
-
-def _plan_ranges(hist: np.ndarray, share: int, method: str | None = None) -> list[_Range]:
-    """Cut the occupied buckets into ranges whose rank pass fits ``share`` bytes, each ranked
-    the cheaper way (or ``method``: ``"sort"`` / ``"dense"``)."""
-    cost = {None: lambda c, o: min(c * _SORT_BYTES, o * _DENSE_BYTES), "sort": lambda c, o: c * _SORT_BYTES,
-            "dense": lambda c, o: o * _DENSE_BYTES}[method]
-    ranges: list[_Range] = []
-    below = 0
-    cur = None  # [first, last, count, occupied]
-    for b in np.flatnonzero(hist):
-        c = int(hist[b])
-        if cur is not None:
-            count, occ = cur[2] + c, cur[3] + 1
-            if cost(count, occ) <= share:
-                cur[1], cur[2], cur[3] = int(b), count, occ
-                continue
-            ranges.append(_close(cur, below, method))
-            below += cur[2]
-        cur = [int(b), int(b), c, 1]
-    if cur is not None:
-        ranges.append(_close(cur, below, method))
-    return ranges
-
-
-def _close(cur, below: int, method: str | None) -> _Range:
-    first, last, count, occ = cur
-    dense = occ * _DENSE_BYTES < count * _SORT_BYTES if method is None else method == "dense"
-    return _Range(first, last, count, below, dense=dense)
-
-
-def _rank_range(merged: StreamedMerge, r: _Range, hist: np.ndarray, n: int) -> None:
-    """Write the exact ordinality of every key in range ``r`` to its spill file, in stream order."""
-    in_range = np.zeros(_NBUCKETS, dtype=bool)
-    in_range[r.first:r.last + 1] = True
-    with open(r.spill, "wb") as fh:
-        if r.dense:
-            occupied = np.flatnonzero(hist[r.first:r.last + 1]) + r.first
-            slot_of = np.full(_NBUCKETS, -1, dtype=np.int64)
-            slot_of[occupied] = np.arange(occupied.size)
-            table = np.zeros(occupied.size * _LOW, dtype=np.float64)  # counts are exact in float64 below 2**53
-            for keys in merged._logit_stream():
-                _count_dense(table, slot_of, keys)
-            _dense_values(table, r.below, n)
-            for keys in merged._logit_stream():
-                out = np.empty(keys.shape[0])
-                m = _lookup_dense(table, slot_of, keys, out)
-                fh.write(out[:m].tobytes())
-            return
-        from .ranking import _radix_argsort
-
-        keys_all = np.empty(r.count, dtype=np.uint32)
-        at = 0
-        for keys in merged._logit_stream():
-            mine = keys[in_range[keys >> _BUCKET_BITS]]
-            keys_all[at:at + mine.shape[0]] = mine
-            at += mine.shape[0]
-        if at != r.count:
-            raise InputError("merge: a part file changed during the merge (row counts differ between passes)")
-        idx = np.empty(0, dtype=np.int32 if r.count < 2**31 - 1 else np.int64)
-        sorted_keys, order = _radix_argsort(keys_all, idx, 11, 3)
-        del keys_all
-        out = np.empty(r.count, dtype=np.float64)
-        _sorted_values(sorted_keys, order, r.below, n, out)
-        del sorted_keys, order
-        out.tofile(fh)
 
 
 def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=DEFAULT_BUDGET,
@@ -550,7 +425,7 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
                          f"and part files of up to {largest:,} rows; give more, or use a smaller --shard-size")
     if method not in (None, "sort", "dense"):
         raise ValueError(f"method: expected 'sort' or 'dense', got {method!r}")
-    ranges = _plan_ranges(hist, share if rank_bytes is None else min(share, int(rank_bytes)), method)
+    ranges = _k().plan_ranges(hist, share if rank_bytes is None else min(share, int(rank_bytes)), method)
     folder = Path(work_dir) if work_dir is not None else (paths[0].parent if paths else Path("."))
     tag = uuid.uuid4().hex[:8]
     for i, r in enumerate(ranges):
@@ -563,7 +438,7 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
                            _kept=list(kept))
     try:
         for r in ranges:
-            _rank_range(merged, r, hist, n_ranked)
+            _k().rank_range(merged._logit_stream, r, hist, n_ranked)
     except BaseException:
         merged.close()
         raise

@@ -42,11 +42,10 @@ import numpy as np
 from .errors import InputError, file_error
 from .pictures import picture_format
 from .progress import stage
+from .top_list import DEFAULT_TOP_FRACTION, mosaic_of, select_top, write_top
 
 __all__ = ["scan", "ScanResult", "select_top", "mosaic_of", "parts_dir"]
 
-DEFAULT_TOP_FRACTION = 0.005  # the seed inspects ordinality > 0.995
-MOSAIC_MAX = 64
 
 
 @dataclass
@@ -65,7 +64,10 @@ class ScanResult:
     n_shards, n_resumed : shards in the plan, and those found complete (``resume``)
     n_unranked : rows not ranked (blank cutouts, positions off the image: null scores)
     notes : lines for the scan summary (inputs whose pixel scale could not be checked, ...)
-    table : the catalogue (astropy Table)
+    table : the catalogue (astropy Table); None for a streamed scan (over the memory budget, or
+        a folder format), whose rows went to the files a block at a time
+    warnings : the lines of ``DM_WARN`` (also among ``notes``)
+    streamed : the catalogue was written by the streamed merge
     """
 
     catalog: Path
@@ -83,6 +85,8 @@ class ScanResult:
     n_unranked: int = 0
     notes: list = field(default_factory=list)
     table: object = field(default=None, repr=False)
+    warnings: list = field(default_factory=list)
+    streamed: bool = False
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -158,76 +162,6 @@ def _local_executor(fn: Callable, shards: Sequence) -> Iterable:
             yield shard, exc
 
 
-def select_top(table, top: float | int | None, *, column: str | None = None):
-    """Rows of the top candidates, best first.
-
-    ``top`` < 1 is a fraction (ordinality > 1 − top, against the reference pool when the table
-    has ``ordinality_ref``); ``top`` ≥ 1 a count of the highest logits. Rows with NaN scores or
-    a not-ranked flag (BLANK, OFF_IMAGE: no signal, no score) are never selected.
-    """
-    from .readers import FLAG_UNRANKED
-
-    if top is None:
-        top = DEFAULT_TOP_FRACTION
-    col = column or ("ordinality_ref" if "ordinality_ref" in table.colnames else "ordinality")
-    logit = np.asarray(table["logit"], dtype=np.float64)
-    finite = np.isfinite(logit) & ((np.asarray(table["flags"]) & FLAG_UNRANKED) == 0)
-    if isinstance(top, float) and top < 1:
-        if not 0 < top < 1:
-            raise InputError(f"--top: a fraction must be in (0, 1), got {top}")
-        keep = finite & (np.asarray(table[col]) > 1.0 - top)
-        rows = np.flatnonzero(keep)
-    else:
-        rows = np.flatnonzero(finite)
-    rows = rows[np.argsort(-logit[rows], kind="stable")]
-    if not (isinstance(top, float) and top < 1):
-        rows = rows[: int(top)]
-    return table[rows]
-
-
-def _label(k: int, row, rank_col: str, kept: list, indexed: bool) -> str:
-    """Mosaic label: rank, id and the first kept source-catalogue column (e.g. a name); scores;
-    RA/Dec in degrees when known; the file (and row) it came from. Lines too wide for a cutout
-    are shortened on the right by :func:`deepmine.inference.mosaic.write_mosaic`."""
-    head = f"#{k + 1}  id {int(row['id'])}"  # two spaces: the mosaic font's space is narrow
-    if kept and str(row[kept[0]]).strip() not in ("", "--", "nan"):
-        head += f"  {row[kept[0]]}"
-    lines = [head, f"logit {float(row['logit']):.3f}  ord {float(row[rank_col]):.5f}"]
-    ra, dec = float(row["ra"]), float(row["dec"])
-    if np.isfinite(ra) and np.isfinite(dec):
-        lines.append(f"{ra:.5f}  {dec:+.5f}")
-    where = Path(str(row["source"])).name + (f"[{int(row['index'])}]" if indexed else "")
-    flags = int(row["flags"])
-    lines.append(where + (f"  flags {flags}" if flags else ""))
-    return "\n".join(lines)
-
-
-def mosaic_of(top, specs, metadata, path, *, max_cutouts: int = MOSAIC_MAX, ncols: int = 8,
-              stretch: str = "percentile") -> Path:
-    """Write the mosaic of the first ``max_cutouts`` rows of ``top`` (needs ``spec_index``)."""
-    from .mosaic import write_mosaic
-    from .readers import read_block
-    from .shards import CATALOG_COLUMNS
-
-    rows = top[:max_cutouts]
-    if len(rows) == 0:
-        raise InputError("--mosaic: no candidates above the --top cut to draw")
-    images, labels = [], []
-    rank_col = "ordinality_ref" if "ordinality_ref" in rows.colnames else "ordinality"
-    kept = [c for c in rows.colnames if c not in CATALOG_COLUMNS and c != "spec_index"]
-    for k, row in enumerate(rows):
-        spec = specs[int(row["spec_index"])]
-        if spec.kind == "fits_dir":
-            i = spec.paths.index(str(row["source"]))
-        else:
-            i = int(row["index"])
-        block = read_block(spec, i, i + 1, metadata)
-        images.append(block.images[0])
-        labels.append(_label(k, row, rank_col, kept, spec.kind != "fits_dir"))
-    title = f"top {len(rows)} of {len(top)} candidates (ranked by logit; {rank_col})"
-    return write_mosaic(images, labels, path, ncols=ncols, bands=metadata.bands, stretch=stretch, title=title)
-
-
 def scan(
     inputs,
     model_path,
@@ -258,6 +192,7 @@ def scan(
     allow_modified_model: bool = False,
     keep_columns: list[str] | None = None,
     frame: str = "icrs",
+    memory_budget=None,
 ) -> ScanResult:
     """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
 
@@ -291,27 +226,35 @@ def scan(
     keep_columns : source-catalogue columns copied into the candidate catalogue (survey scans;
         None: the id/name-like ones, ``[]``: none; :mod:`deepmine.inference.sourcecat`)
     frame : astropy frame of the source catalogue's RA/Dec (default ``icrs``)
+    memory_budget : bytes (or ``"2G"``) the merge may hold (default 2 GB). A catalogue over it,
+        or asked for as a Parquet dataset / HATS (``formats``), is merged as a stream
+        (:mod:`deepmine.inference.catalog_stream`): the same rows and values, written a block at a
+        time; formats given by default then become the Parquet dataset (``<stem>_parquet/``)
 
     Resume plans, catalogues (``DM_SCID``) and the reference-pool check use the model's scoring
     identity (:mod:`deepmine.inference.identity`).
     """
     from . import __version__
     from .atomic import check_outputs
-    from .catalog import catalog_paths, parse_formats, write_catalog
+    from .catalog import FOLDER_FORMATS, catalog_paths, parse_formats, write_catalog
+    from .catalog_stream import choose_merge
     from .identity import check_content_hash, pool_model_check
+    from .merge_stream import DEFAULT_BUDGET, parse_budget
     from .model import get_model, resolve_model_path
     from .pool import ReferencePool
     from .readers import FLAG_BITS, FLAG_UNRANKED, resolve_inputs
-    from .shards import merge_parts, part_paths, plan_shards, run_shard, shard_done
+    from .shards import merge_parts, plan_shards, run_shard, shard_done
 
     t0 = time.perf_counter()
+    budget = parse_budget(DEFAULT_BUDGET if memory_budget is None else memory_budget)
     fmts = parse_formats(None) if formats is None else formats
     out_paths = catalog_paths(out, fmts)
-    first = next(iter(out_paths.values()))
+    first = catalog_paths(out, ["fits"])["fits"]  # <stem>.fits: names the top list and the parts folder
     top_out = first.with_name(first.stem + "_top.ecsv") if (top is not None or mosaic is not None) else None
     read = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     read += [catalog, resolve_model_path(model_path), None if isinstance(reference, ReferencePool) else reference]
-    check_outputs(list(out_paths.values()) + [top_out, mosaic], read, overwrite)
+    folders = [out_paths[f] for f in FOLDER_FORMATS if f in out_paths]
+    check_outputs(list(out_paths.values()) + [top_out, mosaic], read, overwrite, folders=folders)
     picture_format(mosaic, "--mosaic", raster=True)
     warnings = []
     note = check_content_hash(resolve_model_path(model_path), allow_modified_model)
@@ -335,7 +278,16 @@ def scan(
         raise InputError("INPUT: nothing to scan (every input was skipped: "
                          + "; ".join(r for _, r in skipped) + ")")
     shards = plan_shards(specs, shard_size)
-    folder = parts_dir(next(iter(out_paths.values())))
+    streamed, stream_fmts = choose_merge(sum(s.n for s in shards), fmts, budget, explicit=formats is not None)
+    if streamed and stream_fmts != fmts:
+        fmts = stream_fmts
+        out_paths = catalog_paths(out, fmts)
+        folders = [out_paths[f] for f in FOLDER_FORMATS if f in out_paths]
+        check_outputs(list(out_paths.values()), read, overwrite, folders=folders)
+    if "hats" in fmts and not all(s.kind in ("survey", "tiles") for s in specs):
+        raise InputError("--format hats: needs RA/Dec on every row (a survey scan with --catalog or --tile); "
+                         "use --format dataset")
+    folder = parts_dir(first)
     _prepare_parts(folder, _plan_record(model, specs, shard_size, len(shards)), resume)
     n_resumed = sum(shard_done(s, folder) for s in shards)
     total = sum(s.n for s in shards)
@@ -360,6 +312,11 @@ def scan(
         if executor is not None and advance is not None:
             advance(shard.n)
     parts = sorted(parts, key=lambda p: p.name)
+    if streamed:
+        return _finish_streamed(
+            parts, out_paths, top_out, model=model, pool=pool, reference=reference, warnings=warnings, specs=specs,
+            b=b, threads=threads, skipped=skipped, top=top, mosaic=mosaic, budget=budget, folder=folder, t0=t0,
+            total=total, shards=shards, n_resumed=n_resumed, check_pixel_scale=check_pixel_scale, stretch=stretch)
     table = merge_parts(parts, reference=pool, with_spec_index=True)
     seen = set()
     for item in list(table.meta.pop("skipped", [])) + [list(s) for s in skipped]:
@@ -370,21 +327,7 @@ def scan(
     spec_index = np.asarray(table["spec_index"])
     table.remove_column("spec_index")
     seconds = time.perf_counter() - t0
-    table.meta.update({
-        "DM_MODEL": str(model.path),
-        "DM_SHA": model.sha256,
-        "DM_SCID": model.scoring_id,
-        "DM_META": json.loads(model.metadata.to_json()),
-        "DM_VERS": __version__,
-        "DM_INPUT": [s.summary() for s in specs],
-        "DM_PROV": model.provider,
-        "DM_BATCH": int(b),
-        "DM_THRD": -1 if threads is None else int(threads),
-        "DATE": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "DM_NOBJ": len(table),
-        "DM_SKIP": skipped,
-        "DM_FLAGS": {k: v[0] for k, v in FLAG_BITS.items()},
-    })
+    table.meta.update(_provenance(model, specs, b, threads, len(table), skipped, __version__, FLAG_BITS))
     if pool is not None:
         table.meta["DM_REF"] = str(reference) if not isinstance(reference, ReferencePool) else "in-memory pool"
         table.meta["DM_REFID"] = str(pool.provenance.get("scoring_id") or pool.provenance.get("model_hash") or "")
@@ -394,9 +337,40 @@ def scan(
     result = ScanResult(catalog=next(iter(written.values())), catalogs=written, n_objects=len(table),
                         skipped=skipped, provider=model.provider, seconds=seconds,
                         rate=total / seconds if seconds > 0 else float("nan"), n_shards=len(shards),
-                        n_resumed=n_resumed, table=table)
-    result.notes.extend(warnings)
+                        n_resumed=n_resumed, table=table, warnings=list(warnings))
     result.n_unranked = int(np.count_nonzero(np.asarray(table["flags"]) & FLAG_UNRANKED))
+    _notes(result, specs, model, check_pixel_scale, warnings)
+    _remove_parts(shards, folder)
+
+    if top is not None or mosaic is not None:
+        work = table.copy(copy_data=False)
+        work["spec_index"] = spec_index
+        write_top(work, top, top_out, mosaic, result, specs, model, stretch)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _provenance(model, specs, b, threads, n_rows, skipped, version, flag_bits) -> dict:
+    """The catalogue's provenance keys (module docstring of :mod:`deepmine.inference.catalog`)."""
+    return {
+        "DM_MODEL": str(model.path),
+        "DM_SHA": model.sha256,
+        "DM_SCID": model.scoring_id,
+        "DM_META": json.loads(model.metadata.to_json()),
+        "DM_VERS": version,
+        "DM_INPUT": [s.summary() for s in specs],
+        "DM_PROV": model.provider,
+        "DM_BATCH": int(b),
+        "DM_THRD": -1 if threads is None else int(threads),
+        "DATE": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "DM_NOBJ": n_rows,
+        "DM_SKIP": skipped,
+        "DM_FLAGS": {k: v[0] for k, v in flag_bits.items()},
+    }
+
+
+def _notes(result, specs, model, check_pixel_scale: bool, warnings) -> None:
+    result.notes.extend(warnings)
     for spec in specs:
         if spec.options.get("pixel_scale") is None:
             result.notes.append(f"{spec.name}: no celestial WCS, so its pixel scale was not checked "
@@ -407,23 +381,50 @@ def scan(
     if result.n_unranked:
         result.notes.append(f"{result.n_unranked:,} rows not ranked (blank cutouts or positions off the image: "
                             "null logit and ordinality, flags BLANK/OFF_IMAGE)")
-    # every part is now in the catalogue: the parts folder can go
+
+
+def _remove_parts(shards, folder: Path) -> None:
+    """Every part is now in the catalogue: the parts folder can go."""
+    from .shards import part_paths
+
     for shard in shards:
         for p in part_paths(shard, folder):
             p.unlink(missing_ok=True)
     (folder / "plan.json").unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
-    if top is not None or mosaic is not None:
-        work = table.copy(copy_data=False)
-        work["spec_index"] = spec_index
-        chosen = select_top(work, top)
-        top_path = top_out
-        out_top = chosen.copy()
-        out_top.remove_column("spec_index")
-        write_catalog(out_top, top_path, ["ecsv"])
-        result.top, result.n_top = top_path, len(chosen)
-        if mosaic is not None:
-            result.mosaic = mosaic_of(chosen, specs, model.metadata, mosaic, stretch=stretch)
-    result.seconds = time.perf_counter() - t0
+
+def _finish_streamed(parts, out_paths: dict, top_out, **v) -> ScanResult:
+    """The streamed end of :func:`scan` (``v``: the scan's state, by name): merge and write a
+    block at a time, keep the top candidates, remove the parts."""
+    from . import __version__
+    from .catalog_stream import write_streamed
+    from .readers import FLAG_BITS
+
+    model, pool, reference, warnings = v["model"], v["pool"], v["reference"], v["warnings"]
+    meta = _provenance(model, v["specs"], v["b"], v["threads"], 0, [list(s) for s in v["skipped"]], __version__,
+                       FLAG_BITS)
+    if pool is not None:
+        meta["DM_REF"] = str(reference) if not isinstance(reference, type(pool)) else "in-memory pool"
+        meta["DM_REFID"] = str(pool.provenance.get("scoring_id") or pool.provenance.get("model_hash") or "")
+    if warnings:
+        meta["DM_WARN"] = warnings
+    top, mosaic = v["top"], v["mosaic"]
+    want_top = top is not None or mosaic is not None
+    if want_top and top is None:
+        top = DEFAULT_TOP_FRACTION
+    got = write_streamed(parts, out_paths, meta, reference=pool, budget=v["budget"], work_dir=v["folder"],
+                         top=top if want_top else None)
+    seconds = time.perf_counter() - v["t0"]
+    total = v["total"]
+    result = ScanResult(catalog=next(iter(out_paths.values())), catalogs=dict(out_paths), n_objects=got.n_rows,
+                        skipped=got.skipped, provider=model.provider, seconds=seconds,
+                        rate=total / seconds if seconds > 0 else float("nan"), n_shards=len(v["shards"]),
+                        n_resumed=v["n_resumed"], table=None, warnings=list(warnings), streamed=True)
+    result.n_unranked = got.n_unranked
+    _notes(result, v["specs"], model, v["check_pixel_scale"], warnings)
+    _remove_parts(v["shards"], v["folder"])
+    if want_top:
+        write_top(got.top, top, top_out, mosaic, result, v["specs"], model, v["stretch"])
+    result.seconds = time.perf_counter() - v["t0"]
     return result

@@ -93,8 +93,8 @@ def test_dataset_catalogue_reads_back_as_the_in_memory_one(parts_1e5, pool, tmp_
     with stream_merge(parts_1e5, reference=pool, block_rows=10_000) as m:
         template = m.template()
         template.meta.update({"DM_NOBJ": m.n_rows, "DM_VERS": "test"})
-        write_blocks(m.blocks(), template, {"dataset": tmp_path / "big_parquet", "parquet": tmp_path / "big.parquet"},
-                     rows_per_file=25_000)
+        write_blocks(m.blocks(source_codes=True), template, {"dataset": tmp_path / "big_parquet",
+                     "parquet": tmp_path / "big.parquet"}, rows_per_file=25_000, sources=m.sources)
     files = dataset_files(tmp_path / "big_parquet")
     assert len(files) == 4 and (tmp_path / "big_parquet" / "_common_metadata").is_file()
     for f in files:

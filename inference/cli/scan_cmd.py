@@ -48,13 +48,20 @@ def scan(
     accept_pixel_scale: bool = typer.Option(
         False, "--accept-pixel-scale", help="Scan images whose WCS pixel scale differs from the model's by more "
         "than 5 % (refused by default: the model learnt sizes in pixels)."),
-    formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet "
-                                          "[default: fits,ecsv + parquet when pyarrow is installed]."),
+    formats: Optional[str] = typer.Option(None, "--format", help="Comma-separated: fits,ecsv,parquet,dataset,hats "
+                                          "(dataset: a partitioned Parquet folder <stem>_parquet/; hats: HEALPix-"
+                                          "partitioned <stem>_hats/ for lsdb, needs RA/Dec and the [hats] extra) "
+                                          "[default: fits,ecsv + parquet when pyarrow is installed; a scan over "
+                                          "--memory-budget: dataset]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (catalogues, _top.ecsv, "
                                    "mosaic); an input is never written over."),
     allow_modified_model: bool = typer.Option(
         False, "--allow-modified-model", help="Scan with a model whose stored content hash does not verify "
         "(recorded in the catalogue's DM_WARN)."),
+    memory_budget: str = typer.Option(
+        "2G", "--memory-budget", help="Memory the merge of the part files may hold (2G, 500M, ...). A catalogue "
+        "over it is merged as a stream with the same exact ordinality and written as a Parquet dataset "
+        "(<stem>_parquet/) or HATS (--format dataset,hats); FITS/ECSV then hold only the --top list."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
@@ -83,16 +90,17 @@ def scan(
             y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
             check_pixel_scale=not accept_pixel_scale, overwrite=overwrite,
             allow_modified_model=allow_modified_model, keep_columns=keep_columns, frame=frame,
+            memory_budget=memory_budget,
         )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
         + (f"; resumed {result.n_resumed} of {result.n_shards} shards" if result.n_resumed else "")
     )
     for note in result.notes:
-        err_console.print(f"{'warning' if note in result.table.meta.get('DM_WARN', []) else 'note'}: {note}",
+        err_console.print(f"{'warning' if note in result.warnings else 'note'}: {note}",
                           markup=False)
     for path in result.catalogs.values():
-        err_console.print(f"wrote catalogue  {path}")
+        err_console.print(f"wrote catalogue  {path}" + ("/" if path.is_dir() else ""))
     if result.top is not None:
         err_console.print(f"wrote top        {result.top} ({result.n_top} candidates)")
     if result.mosaic is not None:

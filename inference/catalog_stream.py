@@ -1,0 +1,122 @@
+"""A scan's catalogue written from the streamed merge: choice of path, provenance, top list.
+
+:func:`deepmine.inference.scanner.scan` merges in memory when the catalogue fits the memory
+budget and every format asked for can be written from a table; otherwise it calls
+:func:`write_streamed`, which writes the Parquet formats (file, dataset, HATS) a block at a time
+with :func:`~deepmine.inference.merge_stream.stream_merge` and keeps only the top candidates
+(ordinality above the cut, or the highest logits) in memory for the ``_top.ecsv`` and the mosaic.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["BYTES_PER_ROW", "choose_merge", "write_streamed", "StreamedCatalog"]
+
+#: Memory a catalogue row takes in the in-memory merge and writers (measured: ~70 B of numbers,
+#: the ``source`` strings at 4 B a character, a copy while writing).
+BYTES_PER_ROW = 400
+STREAM_FORMATS = ("parquet", "dataset", "hats")
+
+
+def choose_merge(n_rows: int, formats: list[str], budget: int, *, explicit: bool) -> tuple[bool, list[str]]:
+    """(stream?, formats): stream when a folder format is asked for (and only streamable ones
+    are) or when ``n_rows`` rows would not fit ``budget`` in memory. Formats given by default
+    become ``dataset`` for a streamed scan; FITS/ECSV asked for explicitly are refused then."""
+    folder = any(f in ("dataset", "hats") for f in formats)
+    too_big = n_rows * BYTES_PER_ROW > budget
+    if not too_big:
+        return folder and all(f in STREAM_FORMATS for f in formats), formats
+    whole = [f for f in formats if f not in STREAM_FORMATS]
+    if whole and explicit:
+        raise InputError(f"--format {','.join(whole)}: a catalogue of {n_rows:,} rows needs ~{n_rows * BYTES_PER_ROW / 1e9:.1f} "
+                         f"GB in memory, over --memory-budget {budget / 1e9:g} GB; use --format dataset (or "
+                         "parquet, hats), or raise --memory-budget")
+    kept = [f for f in formats if f in STREAM_FORMATS and f != "parquet"]
+    return True, kept or ["dataset"]
+
+
+@dataclass
+class StreamedCatalog:
+    """What :func:`write_streamed` wrote: rows, skipped files, the top candidates (a Table or None)."""
+
+    n_rows: int
+    n_unranked: int
+    skipped: list
+    top: object
+
+
+class _TopRows:
+    """Rows that may be top candidates, in id order: above the ordinality cut (``top`` < 1) or
+    among the ``top`` highest logits (a count); :func:`~deepmine.inference.scanner.select_top`
+    then picks from them exactly what it picks from the whole catalogue."""
+
+    def __init__(self, top, column: str, sources):
+        from .blocks import FLAG_UNRANKED
+
+        self.top, self.column, self.sources = top, column, np.asarray(sources)
+        self.unranked_flag = FLAG_UNRANKED
+        self.rows: dict | None = None
+        self.n_unranked = 0
+
+    def __call__(self, block: dict) -> None:
+        flags = np.asarray(block["flags"])
+        unranked = (flags & self.unranked_flag) != 0
+        self.n_unranked += int(np.count_nonzero(unranked))
+        if self.top is None:
+            return
+        logit = np.asarray(block["logit"], dtype=np.float64)
+        ok = np.isfinite(logit) & ~unranked
+        if isinstance(self.top, float) and self.top < 1:
+            ok &= np.asarray(block[self.column]) > 1.0 - self.top
+        rows = {k: np.asarray(v)[ok] for k, v in block.items()}
+        if self.rows is not None:
+            rows = {k: np.concatenate([self.rows[k], rows[k]]) for k in rows}
+        if not (isinstance(self.top, float) and self.top < 1) and len(rows["id"]) > int(self.top):
+            best = np.argsort(-np.asarray(rows["logit"], dtype=np.float64), kind="stable")[: int(self.top)]
+            best.sort()  # back to id order
+            rows = {k: v[best] for k, v in rows.items()}
+        self.rows = rows
+
+    def table(self, template):
+        from astropy.table import Table
+
+        rows = self.rows if self.rows is not None else {k: np.zeros(0, dtype=template[k].dtype)
+                                                        for k in template.colnames}
+        rows = dict(rows)
+        if rows["source"].dtype.kind in "iu":
+            rows["source"] = self.sources[rows["source"]]
+        t = Table(rows)
+        for k in template.colnames:
+            if k in t.colnames and template[k].unit is not None:
+                t[k].unit = template[k].unit
+        return t
+
+
+def write_streamed(parts, paths: dict, meta: dict, *, reference=None, budget, work_dir: str | os.PathLike,
+                   top=None) -> StreamedCatalog:
+    """Merge ``parts`` a block at a time into ``paths`` (format → output), with ``meta`` as the
+    provenance; return the rows, skipped files and the top-candidate rows (with ``spec_index``)."""
+    from .catalog_dataset import write_blocks
+    from .merge_stream import stream_merge
+
+    with stream_merge(parts, reference=reference, budget=budget, work_dir=work_dir, with_spec_index=True) as m:
+        template = m.template()
+        template.remove_column("spec_index")
+        template.meta.update(meta)
+        template.meta["DM_NOBJ"] = m.n_rows
+        template.meta["DM_SKIP"] = sorted({tuple(s) for s in list(meta.get("DM_SKIP", [])) + m.skipped})
+        template.meta["DM_SKIP"] = [list(s) for s in template.meta["DM_SKIP"]]
+        column = "ordinality_ref" if "ordinality_ref" in m.dtypes else "ordinality"
+        keep = _TopRows(top, column, m.sources)
+        write_blocks(m.blocks(source_codes=True), template, {k: Path(v) for k, v in paths.items()},
+                     on_block=keep, sources=m.sources)
+        full = m.template()
+        full.meta.update(template.meta)
+        return StreamedCatalog(m.n_rows, keep.n_unranked, template.meta["DM_SKIP"],
+                               keep.table(full) if top is not None else None)
