@@ -50,7 +50,8 @@ _CHILD = textwrap.dedent("""
                         block_rows=m.block_rows)
             t1 = time.perf_counter()
             info["rank_s"] = t1 - t0
-            write_blocks(m.blocks(source_codes=True), m.template(), {"dataset": out}, sources=m.sources)
+            write_blocks(m.blocks(0, source_codes=True), m.template(), {"dataset": out}, sources=m.sources,
+                         row_group_rows=m.block_rows)
     elif mode == "plain":
         w = None
         rows = 0
@@ -58,7 +59,8 @@ _CHILD = textwrap.dedent("""
             with np.load(p) as z:
                 d = {k: z[k] for k in z.files if k not in ("sources", "skipped")}
             if w is None:
-                w = ParquetDatasetWriter(out, arrow_schema(Table({k: v[:0] for k, v in d.items()})))
+                w = ParquetDatasetWriter(out, arrow_schema(Table({k: v[:0] for k, v in d.items()})),
+                                         row_group_rows=568_181)  # the merge's block_rows at a 2 GB budget
                 kinds = {k: v.dtype for k, v in d.items()}
             for k, dt in kinds.items():  # parts without the kept columns: as the merge fills them
                 if k not in d:

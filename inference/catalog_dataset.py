@@ -36,6 +36,7 @@ __all__ = ["arrow_schema", "arrow_table", "ParquetFileWriter", "ParquetDatasetWr
            "atomic_dir", "dataset_files", "iter_table_blocks", "ROWS_PER_FILE"]
 
 ROWS_PER_FILE = 2**22
+ROW_GROUP_ROWS = 2**20
 #: Score columns that are null (not NaN) in ECSV and Parquet where a row was not ranked.
 NULLABLE_COLUMNS = ("logit", "probability", "ordinality", "ordinality_ref")
 
@@ -113,10 +114,45 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-class ParquetFileWriter:
-    """One Parquet file written a block (row group) at a time; appears at ``path`` on :meth:`close`."""
+class _RowGroups:
+    """Blocks of any size in, row groups of exactly ``rows`` rows out (the last fewer): blocks
+    are converted to Arrow as they come and joined without copying (``pyarrow.concat_tables``)."""
 
-    def __init__(self, path, schema, sources=None):
+    def __init__(self, schema, sources, rows: int, emit):
+        self.schema, self.sources, self.size, self.emit = schema, sources, int(rows), emit
+        self.pending: list = []
+        self.n = 0
+
+    def write(self, block: dict) -> None:
+        import pyarrow as pa
+
+        t = arrow_table(block, self.schema, self.sources)
+        if not t.num_rows:
+            return
+        self.pending.append(t)
+        self.n += t.num_rows
+        if self.n >= self.size:
+            whole = pa.concat_tables(self.pending)
+            at = 0
+            while self.n - at >= self.size:
+                self.emit(whole.slice(at, self.size))
+                at += self.size
+            self.pending = [whole.slice(at)] if at < self.n else []
+            self.n -= at
+
+    def flush(self) -> None:
+        import pyarrow as pa
+
+        if self.n:
+            self.emit(pa.concat_tables(self.pending))
+        self.pending, self.n = [], 0
+
+
+class ParquetFileWriter:
+    """One Parquet file written a row group at a time (``row_group_rows`` rows each); appears at
+    ``path`` on :meth:`close`."""
+
+    def __init__(self, path, schema, sources=None, row_group_rows: int = ROW_GROUP_ROWS):
         import pyarrow.parquet as pq
 
         from .atomic import atomic_path
@@ -124,17 +160,20 @@ class ParquetFileWriter:
         self._ctx = atomic_path(path, suffix=".parquet")
         self._tmp = self._ctx.__enter__()
         self.schema = schema
-        self.sources = sources
         self._writer = pq.ParquetWriter(self._tmp, schema, **writer_options(schema))
+        self._groups = _RowGroups(schema, sources, row_group_rows, self._emit)
         self.rows = 0
 
+    def _emit(self, t) -> None:
+        self._writer.write_table(t, row_group_size=t.num_rows)
+        self.rows += t.num_rows
+
     def write(self, block: dict) -> None:
-        t = arrow_table(block, self.schema, self.sources)
-        if t.num_rows:
-            self._writer.write_table(t, row_group_size=t.num_rows)
-            self.rows += t.num_rows
+        self._groups.write(block)
 
     def close(self, ok: bool = True) -> None:
+        if ok:
+            self._groups.flush()
         self._writer.close()
         if ok:
             self._ctx.__exit__(None, None, None)
@@ -144,21 +183,23 @@ class ParquetFileWriter:
 
 
 class ParquetDatasetWriter:
-    """A partitioned Parquet dataset (files of at most ``rows_per_file`` rows, one row group a
-    block) written into a temporary folder that takes ``path``'s place on :meth:`close`."""
+    """A partitioned Parquet dataset (files of at most ``rows_per_file`` rows, rounded down to
+    whole row groups of ``row_group_rows``) written into a temporary folder that takes ``path``'s place on :meth:`close`."""
 
-    def __init__(self, path, schema, rows_per_file: int = ROWS_PER_FILE, sources=None):
+    def __init__(self, path, schema, rows_per_file: int = ROWS_PER_FILE, sources=None,
+                 row_group_rows: int = ROW_GROUP_ROWS):
         import pyarrow.parquet as pq
 
         self.path = Path(path)
         self.schema = schema
-        self.sources = sources
-        self.rows_per_file = int(rows_per_file)
+        rg = min(int(row_group_rows), int(rows_per_file))
+        self.rows_per_file = max(1, int(rows_per_file) // rg) * rg  # whole row groups in every file
         self._ctx = atomic_dir(self.path)
         self._tmp = self._ctx.__enter__()
         self._pq = pq
         self._writer = None
         self._in_file = 0
+        self._groups = _RowGroups(schema, sources, rg, self._emit)
         self.files = 0
         self.rows = 0
 
@@ -171,7 +212,9 @@ class ParquetDatasetWriter:
         self._in_file = 0
 
     def write(self, block: dict) -> None:
-        t = arrow_table(block, self.schema, self.sources)
+        self._groups.write(block)
+
+    def _emit(self, t) -> None:
         at = 0
         while at < t.num_rows:
             if self._writer is None or self._in_file >= self.rows_per_file:
@@ -183,6 +226,8 @@ class ParquetDatasetWriter:
             self.rows += k
 
     def close(self, ok: bool = True) -> None:
+        if ok:
+            self._groups.flush()
         if self._writer is None and ok:  # an empty catalogue: one file with the schema and no rows
             self._next_file()
         if self._writer is not None:
@@ -240,11 +285,12 @@ def write_hats(dataset: str | os.PathLike, out: str | os.PathLike, *, ra: str = 
 
 
 def write_blocks(blocks: Iterable[dict], template, paths: dict, *, rows_per_file: int = ROWS_PER_FILE,
-                 on_block=None, sources=None) -> dict:
+                 row_group_rows: int = ROW_GROUP_ROWS, on_block=None, sources=None) -> dict:
     """Write blocks (column → array, in catalogue order) to the streaming formats in one pass.
 
     ``paths`` maps ``parquet``/``dataset``/``hats`` to outputs; ``hats`` needs ``dataset``'s
     rows: it is built from the dataset (a temporary one when ``dataset`` is not asked for).
+    Row groups hold ``row_group_rows`` rows whatever the blocks' sizes.
     ``on_block(block)`` sees every block (top-list selection). ``sources``: the blocks'
     ``source`` column holds indices into these names. Returns ``paths``.
     """
@@ -256,13 +302,13 @@ def write_blocks(blocks: Iterable[dict], template, paths: dict, *, rows_per_file
     writers = []
     scratch = None
     if "parquet" in paths:
-        writers.append(ParquetFileWriter(paths["parquet"], schema, sources))
+        writers.append(ParquetFileWriter(paths["parquet"], schema, sources, row_group_rows))
     ds_path = paths.get("dataset")
     if ds_path is None and "hats" in paths:
         scratch = Path(paths["hats"]).parent / f".{Path(paths['hats']).name}.rows-{uuid.uuid4().hex[:8]}"
         ds_path = scratch
     if ds_path is not None:
-        writers.append(ParquetDatasetWriter(ds_path, schema, rows_per_file, sources))
+        writers.append(ParquetDatasetWriter(ds_path, schema, rows_per_file, sources, row_group_rows))
     ok = False
     no_radec = 0
     try:

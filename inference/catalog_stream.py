@@ -114,8 +114,8 @@ def write_streamed(parts, paths: dict, meta: dict, *, reference=None, budget, wo
         template.meta["DM_SKIP"] = [list(s) for s in template.meta["DM_SKIP"]]
         column = "ordinality_ref" if "ordinality_ref" in m.dtypes else "ordinality"
         keep = _TopRows(top, column, m.sources)
-        write_blocks(m.blocks(source_codes=True), template, {k: Path(v) for k, v in paths.items()},
-                     on_block=keep, sources=m.sources)
+        write_blocks(m.blocks(0, source_codes=True), template, {k: Path(v) for k, v in paths.items()},
+                     on_block=keep, sources=m.sources, row_group_rows=m.block_rows)
         full = m.template()
         full.meta.update(template.meta)
         return StreamedCatalog(m.n_rows, keep.n_unranked, template.meta["DM_SKIP"],

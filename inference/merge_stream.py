@@ -207,9 +207,10 @@ class StreamedMerge:
 
     def blocks(self, block_rows: int | None = None, *, source_codes: bool = False) -> Iterator[dict]:
         """Yield the catalogue as dicts of column → array, in id order, ``block_rows`` rows each
-        (the last fewer). ``source_codes``: the ``source`` column as int32 indices into
+        (the last fewer; default :attr:`block_rows`; ``0``: one block per part file, without
+        copying rows into blocks). ``source_codes``: the ``source`` column as int32 indices into
         :attr:`sources` (cheaper to write: a Parquet dictionary), not strings."""
-        size = int(block_rows or self.block_rows)
+        size = int(self.block_rows if block_rows is None else block_rows)
         handles = {}
         dtypes = dict(self.dtypes, source=np.dtype(np.int32)) if source_codes else self.dtypes
         try:
@@ -218,6 +219,9 @@ class StreamedMerge:
             pending, rows = [], 0
             for unit in self._units:
                 block = self._unit_block(unit, handles, source_codes)
+                if size <= 0:
+                    yield block
+                    continue
                 pending.append(block)
                 rows += len(block["id"])
                 if rows >= size:
@@ -277,14 +281,16 @@ class StreamedMerge:
         n = logit.shape[0]
         ordn = np.full(n, np.nan)
         if finite.any():
-            lf = np.ascontiguousarray(logit[finite])
-            keys = _k().keys_u32(lf)
-            which = self._range_of[keys >> _BUCKET_BITS]
-            vals = np.empty(keys.shape[0])
-            for r_i in np.unique(which):
+            cnt_all = int(np.count_nonzero(finite))
+            if len(self.ranges) == 1:  # one rank pass: the values come in stream order, no keys needed
+                which = np.zeros(cnt_all, dtype=np.int32)
+            else:
+                which = self._range_of[_k().keys_u32(np.ascontiguousarray(logit[finite])) >> _BUCKET_BITS]
+            vals = np.empty(cnt_all)
+            for r_i in (0,) if len(self.ranges) == 1 else np.unique(which):
                 r = self.ranges[r_i]
                 sel = which == r_i
-                cnt = int(np.count_nonzero(sel))
+                cnt = cnt_all if len(self.ranges) == 1 else int(np.count_nonzero(sel))
                 got = np.fromfile(handles[id(r)], dtype=np.float64, count=cnt)
                 if got.shape[0] != cnt:
                     raise InputError(f"{r.spill}: spill file truncated during the merge")

@@ -93,13 +93,15 @@ def test_dataset_catalogue_reads_back_as_the_in_memory_one(parts_1e5, pool, tmp_
     with stream_merge(parts_1e5, reference=pool, block_rows=10_000) as m:
         template = m.template()
         template.meta.update({"DM_NOBJ": m.n_rows, "DM_VERS": "test"})
-        write_blocks(m.blocks(source_codes=True), template, {"dataset": tmp_path / "big_parquet",
-                     "parquet": tmp_path / "big.parquet"}, rows_per_file=25_000, sources=m.sources)
+        write_blocks(m.blocks(0, source_codes=True), template, {"dataset": tmp_path / "big_parquet",
+                     "parquet": tmp_path / "big.parquet"}, rows_per_file=25_000, sources=m.sources,
+                     row_group_rows=10_000)
     files = dataset_files(tmp_path / "big_parquet")
-    assert len(files) == 4 and (tmp_path / "big_parquet" / "_common_metadata").is_file()
+    assert len(files) == 5 and (tmp_path / "big_parquet" / "_common_metadata").is_file()  # 2 groups a file
     for f in files:
         meta = pq.ParquetFile(f).metadata
         assert meta.num_rows <= 25_000 and all(meta.row_group(i).num_rows <= 10_000 for i in range(meta.num_row_groups))
+        assert meta.row_group(0).num_rows == 10_000
     mem = read_catalog(tmp_path / "mem.parquet")
     for got in (read_catalog(tmp_path / "big_parquet"), read_catalog(tmp_path / "big.parquet")):
         assert got.colnames == mem.colnames
