@@ -99,7 +99,7 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "reset_head": False,
 }
 PHASE_SECTIONS = ("data", "optimizer", "schedule", "early_stop")
-BUILTIN = ("eznet", "lensflow", "demo", "demo-anneal")
+BUILTIN = ("eznet", "lensflow", "demo", "demo-anneal", "survey")
 
 
 @dataclass
