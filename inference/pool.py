@@ -79,10 +79,15 @@ class ReferencePool:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ReferencePool:
-        """Read a pool written by :meth:`save` (memory-mapped)."""
+        """Read a pool written by :meth:`save`, or build one from the logits of a Parquet scan
+        catalogue (a file or a ``--format dataset`` folder, read a batch at a time)."""
         from astropy.io import fits
 
         p = Path(path)
+        from .ranking_stream import is_parquet_source, pool_from_parquet
+
+        if is_parquet_source(p):  # a scan catalogue of negatives (Parquet file or dataset), read in batches
+            return pool_from_parquet(p)
         if not p.is_file():
             raise file_error(p, "reference pool not found")
         try:

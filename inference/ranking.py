@@ -39,6 +39,7 @@ __all__ = [
     "fraction_above",
     "auc",
     "TracerRecoveryCurve",
+    "trc_from_ordinality",
     "check_scores",
 ]
 
@@ -352,7 +353,12 @@ def tracer_recovery_curve(tracer_scores, negative_scores) -> TracerRecoveryCurve
     -------
     TracerRecoveryCurve(ordinality, recovered, tracer_ordinality)
     """
-    o = ordinality_against(tracer_scores, negative_scores)
+    return trc_from_ordinality(ordinality_against(tracer_scores, negative_scores))
+
+
+def trc_from_ordinality(o: np.ndarray) -> TracerRecoveryCurve:
+    """The :class:`TracerRecoveryCurve` of tracers whose ordinalities against the negatives are ``o``."""
+    o = np.asarray(o, dtype=np.float64)
     xs = np.unique(o)
     # fraction of tracers with ordinality >= x, for every distinct x
     rec = 1.0 - np.searchsorted(np.sort(o), xs, side="left") / o.shape[0]

@@ -17,8 +17,8 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
 
     Parameters
     ----------
-    path : .npy file (1-D array, memory-mapped) or a table readable by astropy
-        (``.fits``/``.fit``/``.fz``, ``.ecsv``, ``.parquet``, ``.csv``).
+    path : .npy file (1-D array, memory-mapped), a table readable by astropy
+        (``.fits``/``.fit``/``.fz``, ``.ecsv``, ``.parquet``, ``.csv``) or a Parquet dataset folder.
     column : str, optional
         Table column to read; by default the first of ``logit``, ``score``, ``probability``.
         Rows of a scan catalogue flagged as not ranked (``BLANK``, ``OFF_IMAGE``) are left out.
@@ -29,6 +29,10 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
         Missing, empty, truncated or corrupt file; missing column; non-1-D array.
     """
     p = Path(path)
+    if p.is_dir():  # a Parquet dataset folder (deepmine scan --format dataset), read a batch at a time
+        from .ranking_stream import iter_scores
+
+        return np.concatenate(list(iter_scores(p, column, check=False)))
     if not p.is_file():
         raise file_error(p, "file not found")
     if p.stat().st_size == 0:
@@ -90,6 +94,13 @@ def scoring_id_of(path: str | os.PathLike) -> str | None:
     import re
 
     p = Path(path)
+    if p.is_dir():  # a Parquet dataset: its first file's schema
+        from .catalog_dataset import dataset_files
+
+        files = dataset_files(p)
+        if not files:
+            return None
+        p = files[0]
     low = p.name.lower()
     try:
         if is_fits(p):

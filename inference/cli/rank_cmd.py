@@ -12,8 +12,8 @@ from .common import existing_file, out_console
 
 def rank(
     scores: Path = typer.Argument(
-        ..., help="Scores of the negative pool: .npy (1-D), a catalogue (FITS/ECSV/Parquet) or a "
-        "reference pool written by --save-pool.", show_default=False,
+        ..., help="Scores of the negative pool: .npy (1-D), a catalogue (FITS/ECSV/Parquet, or a Parquet dataset "
+        "folder, read in batches) or a reference pool written by --save-pool.", show_default=False,
     ),
     tracers: Path = typer.Option(
         ..., "--tracers", "-t", help="Scores of the tracers (known lenses), same formats.", show_default=False
@@ -41,10 +41,14 @@ def rank(
     from ..formats import check_plot_path, is_fits
     from ..pool import POOL_MARKER, ReferencePool
     from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
+    from ..ranking_stream import is_parquet_source, pool_from_parquet, tracer_counts
     from ..scorefile import checked_scores, scoring_id_of
 
-    existing_file(scores, "scores file")
-    existing_file(tracers, "tracer file")
+    streamed = is_parquet_source(scores)
+    if not streamed:
+        existing_file(scores, "scores file")
+    if not tracers.is_dir():  # a Parquet dataset folder of tracers is read like a file
+        existing_file(tracers, "tracer file")
     if plot is not None:
         check_plot_path(plot)
     check_outputs([save_pool, plot], [scores, tracers], overwrite)
@@ -53,6 +57,14 @@ def rank(
         raise InputError(f"{tracers}: the tracers were scored by another model ({tr_id}) than the negatives in "
                          f"{scores} ({neg_id}); score both with the same model")
     negatives = None
+    if streamed:  # a Parquet catalogue of any size: counted a batch at a time
+        tr = checked_scores(tracers, tracer_column or column)
+        counted = tracer_counts(tr, scores, column)
+        _report(counted.ranking_performance(), counted.fraction_above(cut), cut, tr.shape[0], counted.n_negatives,
+                as_json, plot=plot, curve=counted.curve, tracers=tracers, scores=scores,
+                pool=(lambda: pool_from_parquet(scores, column)) if save_pool is not None else None,
+                save_pool=save_pool)
+        return
     if is_fits(scores):
         from astropy.io import fits
 
@@ -65,25 +77,31 @@ def rank(
     if negatives is None:
         negatives = checked_scores(scores, column)
     tr = checked_scores(tracers, tracer_column or column)
-    rp = ranking_performance(tr, negatives)
-    frac = fraction_above(tr, negatives, cut)
+    extra = {"scoring_id": neg_id} if neg_id else {}
+    _report(ranking_performance(tr, negatives), fraction_above(tr, negatives, cut), cut, tr.shape[0],
+            negatives.shape[0], as_json, plot=plot,
+            curve=lambda: tracer_recovery_curve(tr, negatives), tracers=tracers, scores=scores,
+            pool=lambda: ReferencePool.from_scores(negatives, source=str(scores), column=column or "auto", **extra),
+            save_pool=save_pool)
+
+
+def _report(rp, frac, cut, n_tr, n_neg, as_json, *, plot, curve, tracers, scores, pool, save_pool) -> None:
+    """Write the pool and the plot, print the figures (text or JSON)."""
     result = {
         "ranking_performance": rp,
         "auc": (rp + 1) / 2,
         "fraction_above_cut": frac,
         "cut": cut,
-        "n_tracers": int(tr.shape[0]),
-        "n_negatives": int(negatives.shape[0]),
+        "n_tracers": int(n_tr),
+        "n_negatives": int(n_neg),
     }
     if save_pool is not None:
-        extra = {"scoring_id": neg_id} if neg_id else {}
-        ReferencePool.from_scores(negatives, source=str(scores), column=column or "auto", **extra).save(save_pool)
+        pool().save(save_pool)
         result["pool"] = str(save_pool)
     if plot is not None:
         from ..trcplot import plot_trc
 
-        curve = tracer_recovery_curve(tr, negatives)
-        plot_trc(curve, plot, rp=rp, cut=cut, n_negatives=int(negatives.shape[0]),
+        plot_trc(curve(), plot, rp=rp, cut=cut, n_negatives=int(n_neg),
                  title=f"Tracer recovery curve: {tracers.name} vs {scores.name}")
         result["plot"] = str(plot)
     if as_json:
@@ -91,8 +109,8 @@ def rank(
         return
     out_console.print(f"ranking performance  {rp:.6f}   (AUC {result['auc']:.6f})")
     out_console.print(
-        f"tracers above {cut:g}   {100 * frac:.2f} %   ({round(frac * tr.shape[0])} of {tr.shape[0]}; "
-        f"{negatives.shape[0]:,} negatives)"
+        f"tracers above {cut:g}   {100 * frac:.2f} %   ({round(frac * n_tr)} of {n_tr}; "
+        f"{n_neg:,} negatives)"
     )
     for key in ("pool", "plot"):
         if key in result:
