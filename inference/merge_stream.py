@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -103,34 +104,68 @@ def _damaged(path, exc) -> InputError:
     return file_error(path, f"damaged part file ({exc}); delete it and its .done marker, then --resume")
 
 
+class _PartFile:
+    """An open part file (an uncompressed ``.npz``): members read straight from their offset in
+    the zip with one ``numpy.fromfile`` each (no zipfile read loop, no CRC pass: a truncated
+    member is still caught by its length); compressed members through numpy's reader."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.z = np.load(path, allow_pickle=False)
+            self.fh = open(path, "rb")  # noqa: SIM115 - closed in close()
+        except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
+            raise _damaged(path, exc) from None
+        self.files = self.z.files
+
+    def close(self) -> None:
+        self.fh.close()
+        self.z.close()
+
+    def _header(self, name: str):
+        import zipfile
+
+        info = self.z.zip.getinfo(name + ".npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        self.fh.seek(info.header_offset)
+        local = self.fh.read(30)
+        n_name, n_extra = struct.unpack("<HH", local[26:30])
+        self.fh.seek(info.header_offset + 30 + n_name + n_extra)
+        version = np.lib.format.read_magic(self.fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(self.fh)
+
+    def get(self, name: str) -> np.ndarray:
+        try:
+            head = self._header(name)
+            if head is None or head[1] or head[2].hasobject:
+                return self.z[name]
+            shape, _, dtype = head
+            count = int(np.prod(shape))
+            arr = np.fromfile(self.fh, dtype=dtype, count=count)
+            if arr.size != count:
+                raise ValueError(f"member {name!r} truncated")
+            return arr.reshape(shape)
+        except Exception as exc:  # noqa: BLE001
+            raise _damaged(self.path, exc) from None
+
+    def dtype(self, name: str) -> np.dtype:
+        """dtype of a member from its header, without reading its data."""
+        try:
+            head = self._header(name)
+            return self.z[name].dtype if head is None else head[2]
+        except Exception as exc:  # noqa: BLE001
+            raise _damaged(self.path, exc) from None
+
+
 @contextlib.contextmanager
 def _open_part(path: Path):
+    part = _PartFile(path)
     try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
-        raise _damaged(path, exc) from None
-    try:
-        yield z
+        yield part
     finally:
-        z.close()
-
-
-def _member(z, name: str, path: Path) -> np.ndarray:
-    try:
-        return z[name]
-    except Exception as exc:  # noqa: BLE001
-        raise _damaged(path, exc) from None
-
-
-def _member_dtype(z, name: str, path: Path) -> np.dtype:
-    """dtype of an npz member from its header, without reading its data."""
-    try:
-        with z.zip.open(name + ".npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            return read(fh)[2]
-    except Exception as exc:  # noqa: BLE001
-        raise _damaged(path, exc) from None
+        part.close()
 
 
 @dataclass
@@ -245,12 +280,12 @@ class StreamedMerge:
         for i in unit:
             part = self._parts[i]
             with _open_part(part.path) as z:
-                d = {k: _member(z, k, part.path) for k in names}
+                d = {k: z.get(k) for k in names}
                 if kept:
-                    d["source"] = part.remap[_member(z, "source_idx", part.path)] if part.n else np.zeros(0, np.int32)
+                    d["source"] = part.remap[z.get("source_idx")] if part.n else np.zeros(0, np.int32)
                     for k in self._kept:
                         name = "keep:" + k
-                        d[k] = _member(z, name, part.path) if name in part.kept else _fill(part.n, self.dtypes[k])
+                        d[k] = z.get(name) if name in part.kept else _fill(part.n, self.dtypes[k])
             pieces.append(d)
         order = None
         if len(unit) > 1 or not self._parts[unit[0]].is_sorted:
@@ -270,7 +305,7 @@ class StreamedMerge:
         ids = []
         for i in unit:
             with _open_part(self._parts[i].path) as z:
-                ids.append(_member(z, "id", self._parts[i].path))
+                ids.append(z.get("id"))
         return np.concatenate(ids)
 
     def _unit_block(self, unit: list[int], handles, source_codes: bool = False) -> dict:
@@ -339,14 +374,14 @@ def _survey(paths: list[Path]):
     skipped: list[list[str]] = []
     for p in paths:
         with _open_part(p) as z:
-            ids = _member(z, "id", p)
-            logit = _member(z, "logit", p).astype(np.float32, copy=False)
-            names = _member(z, "sources", p)
+            ids = z.get("id")
+            logit = z.get("logit").astype(np.float32, copy=False)
+            names = z.get("sources")
             remap = np.array([sources.setdefault(str(s), len(sources)) for s in names], dtype=np.int32)
             mine = [k for k in z.files if k.startswith("keep:")]
             for k in mine:
-                kept.setdefault(k[5:], []).append(_member_dtype(z, k, p))
-            skipped.extend([list(r) for r in _member(z, "skipped", p)])
+                kept.setdefault(k[5:], []).append(z.dtype(k))
+            skipped.extend([list(r) for r in z.get("skipped")])
         n = int(ids.shape[0])
         if logit.shape[0] != n:
             raise _damaged(p, f"{n} ids but {logit.shape[0]} logits")
@@ -398,8 +433,6 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
         The rows, their order and every value are those of
         :func:`~deepmine.inference.shards.merge_parts` on the same parts.
     """
-    from .pool import ReferencePool
-
     budget = parse_budget(budget)
     paths = [Path(p) for p in parts]
     plist, hist, sources, kept, skipped = _survey(paths)
@@ -413,6 +446,8 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
     dtypes["ordinality"] = np.dtype(np.float64)
     pool = None
     if reference is not None:
+        from .pool import ReferencePool
+
         pool = reference if isinstance(reference, ReferencePool) else ReferencePool.load(reference)
         dtypes["ordinality_ref"] = np.dtype(np.float64)
     dtypes["flags"] = np.dtype(np.int32)
