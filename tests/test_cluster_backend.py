@@ -186,6 +186,20 @@ def test_cluster_scan_equals_single_process_scan(cluster, scan_data):
     assert res.n_shards == 35
 
 
+def test_cluster_scan_streamed_merge_equals_single_process_scan(cluster, scan_data):
+    """Workers write the parts; the client merges them as a stream (issue 22: a Parquet
+    dataset, no row gathered in memory) with the values of the in-memory merge."""
+    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.scanner import scan
+
+    d, model, inputs, ref = scan_data
+    res = scan(inputs, model, d / "streamed.fits", batch_size=32, shard_size=64, threads=cluster.threads_per_worker,
+               device="cpu", progress=False, formats=["dataset"], executor=cluster.executor)
+    assert res.streamed and res.table is None and res.n_objects == len(ref)
+    _same_catalogue(read_catalog(res.catalogs["dataset"]), ref)
+    assert not (d / "streamed.parts").exists()
+
+
 def test_worker_killed_mid_scan_catalogue_has_every_object_once(cluster, scan_data):
     killed = []
 
