@@ -115,6 +115,7 @@ def export_model(
     check_size: int = 64,
     rp_tolerance: float = _parity.RP_TOLERANCE,
     log: Callable[[str], None] | None = None,
+    graph_input: str = "float32",
 ) -> Path:
     """Export a torch model to a frozen ONNX file with deepmine metadata.
 
@@ -174,6 +175,11 @@ def export_model(
         raise InputError("export: int8 quantisation is for classifiers; export the generator in fp32 or fp16")
     out = check_writable(path)
     precision = "int8" if int8_calibration is not None else "fp16" if fp16 else "fp32"
+    if graph_input not in _graph.GRAPH_INPUTS:
+        raise InputError(f"export: graph input must be one of {', '.join(_graph.GRAPH_INPUTS)}, got {graph_input!r}")
+    if graph_input == "uint8" and (metadata.task != "classifier" or metadata.preprocessing.get("kind") != "percentile"):
+        raise InputError("export: --graph-input uint8 is for classifiers with percentile preprocessing "
+                         f"(this model's is {metadata.preprocessing.get('kind')!r})")
     if atol is None:
         atol = _parity.TOLERANCES["fp16" if fp16 else "fp32"]
     if not atol > 0:
@@ -252,12 +258,24 @@ def export_model(
                 parity["fp16"] = result
                 if not result["passed"]:
                     raise ParityError(_parity_message("fp16", result, batch["source"], out))
+        if graph_input == "uint8":
+            stage("taking uint8 cutouts in the graph (Cast, Div 255)")
+            float_graph = final
+            final = _graph.prepend_uint8_input(final, input_name)
+            info["graph_input"] = "uint8"
+            if check:
+                parity["graph_input"] = _uint8_parity(float_graph, final, input_name, batch["inputs"])
+                if not parity["graph_input"]["passed"]:
+                    raise ParityError(f"export: the uint8-input graph differs from the float one by "
+                                      f"{parity['graph_input']['max_abs']:.2e}; {out} was not written")
         if check:
-            parity["passed"] = all(parity[k]["passed"] for k in ("fp32", "fp16", "int8") if k in parity)
+            parity["passed"] = all(parity[k]["passed"] for k in ("fp32", "fp16", "int8", "graph_input") if k in parity)
         info["seconds"] = round(time.perf_counter() - t0, 2)
 
         meta = copy.deepcopy(metadata)
         meta.precision = precision
+        if graph_input == "uint8":
+            meta.preprocessing = {**meta.preprocessing, "graph_input": "uint8"}
         meta.parity = parity
         meta.extra = {**meta.extra, "export": info}
         stage(f"writing {out}")
@@ -285,6 +303,16 @@ def _batch_one(proto, input_name: str, inputs: np.ndarray, batched: list[np.ndar
     single = _graph_outputs(proto, input_name, inputs[:1])
     d = float(max(np.max(np.abs(s - b[:1])) for s, b in zip(single, batched)))
     return {"max_abs": d, "passed": bool(d <= 1e-5)}
+
+
+def _uint8_parity(float_graph, uint8_graph, input_name: str, inputs: np.ndarray) -> dict:
+    """The uint8-input graph on the uint8 cutouts gives what the float graph gives on x / 255."""
+    raw = np.rint(np.asarray(inputs, dtype=np.float64) * 255.0).astype(np.uint8)
+    unit = np.divide(raw, np.float32(255.0), dtype=np.float32)
+    ref = _graph_outputs(float_graph, input_name, unit)
+    got = _graph_outputs(uint8_graph, input_name, raw)
+    d = float(max(np.max(np.abs(a - b)) for a, b in zip(ref, got)))
+    return {"max_abs": d, "passed": bool(d <= 1e-6), "n": int(len(raw))}
 
 
 def _check_io(proto: onnx.ModelProto, input_name: str, output_names: list[str]) -> None:

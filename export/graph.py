@@ -243,3 +243,41 @@ def optimize_offline(model: onnx.ModelProto, level: str = "basic") -> onnx.Model
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         optimized = onnx.load(os.fspath(out))
     return optimized
+
+
+#: what a classifier graph's input can be (``deepmine export --graph-input``)
+GRAPH_INPUTS = ("float32", "uint8")
+
+
+def prepend_uint8_input(model: onnx.ModelProto, input_name: str = "image") -> onnx.ModelProto:
+    """Make the graph take normalised uint8 cutouts and divide them by 255 itself.
+
+    The model's float input (0..1, what :func:`deepmine.inference.preprocess.prepare_batch`
+    makes of uint8 cutouts: ``x / 255`` in float32) becomes an internal tensor computed by
+    ``Cast(uint8 → float32)`` then ``Div(255)`` — the same float32 operation as numpy's, so the
+    outputs are identical — and the graph input named ``input_name`` becomes uint8 of the same
+    shape. A scanner then moves a quarter of the bytes to the device and does no arithmetic on
+    the CPU (a float16 graph keeps its float32 input type, so the division stays in float32).
+    """
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    g = out.graph
+    (inp,) = [i for i in g.input if i.name == input_name]
+    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ExportError(f"export: --graph-input uint8 needs a float32 graph input, found element type "
+                          f"{inp.type.tensor_type.elem_type}")
+    inner = f"{input_name}_unit"
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name == input_name:
+                n.input[k] = inner
+    inp.type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    scale = numpy_helper.from_array(np.array(255.0, dtype=np.float32), f"{input_name}_scale")
+    g.initializer.append(scale)
+    nodes = [helper.make_node("Cast", [input_name], [f"{input_name}_float"], to=onnx.TensorProto.FLOAT,
+                              name=f"{input_name}_cast"),
+             helper.make_node("Div", [f"{input_name}_float", scale.name], [inner], name=f"{input_name}_div255")]
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + rest)
+    onnx.checker.check_model(out)
+    return out

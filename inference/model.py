@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import InputError, file_error
 from .metadata import ModelMetadata, file_sha256, read_metadata
-from .preprocess import prepare_batch
+from .preprocess import DEFAULT_HIGH, DEFAULT_LOW, percentile_normalization, prepare_batch
 from .session import DEVICES, open_session
 
 __all__ = ["Model", "load_model", "get_model", "resolve_model_path", "BUNDLED_MODEL_DIR", "DEVICES"]
@@ -89,6 +89,10 @@ class Model:
         if len(inputs) != 1:
             raise file_error(self.path, f"expected one graph input 'image', found {[i.name for i in inputs]}")
         self.input_name = inputs[0].name
+        #: the graph input's element type: ``"float"`` (preprocessed 0..1 input, the default),
+        #: ``"float16"`` or ``"uint8"`` (normalised uint8 cutouts, scaled by 1/255 inside the graph)
+        self.input_type = str(inputs[0].type).removeprefix("tensor(").removesuffix(")")
+        self._local = threading.local()
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         #: a batch size fixed in the graph itself (None when the batch axis is dynamic)
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
@@ -123,32 +127,45 @@ class Model:
         return b
 
     def prepare(self, images) -> np.ndarray:
-        """Preprocess stored cutouts (N×C×H×W) into float32 model input (NaN/inf → 0)."""
+        """Preprocess stored cutouts (N×C×H×W) into the graph's input (NaN/inf → 0).
+
+        float32 in 0..1 for the usual graphs; for a graph exported with ``--graph-input uint8``
+        the normalised uint8 cutouts themselves (float fluxes are percentile-normalised first).
+        """
+        if self.input_type == "uint8":  # the graph divides by 255 itself: feed uint8 (a quarter of the bytes)
+            x = np.asarray(images)
+            if x.dtype != np.uint8:
+                x = percentile_normalization(x, **_percentiles(self.metadata.preprocessing))
+            return np.ascontiguousarray(x)
         x = prepare_batch(images, self.metadata.preprocessing)
         if self.metadata.preprocessing.get("kind") == "none" and not np.all(np.isfinite(x)):
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         return x
 
     def run_prepared(self, x: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Score preprocessed float32 input in fixed-size batches (last one zero-padded)."""
+        """Score preprocessed input (:meth:`prepare`) in fixed-size batches (last one zero-padded)."""
         b = self.batch_size(batch_size)
         n = x.shape[0]
+        dtype = np.uint8 if self.input_type == "uint8" else np.float32
         logit = np.empty(n, dtype=np.float32)
         prob = np.empty(n, dtype=np.float32)
         for start in range(0, n, b):
             chunk = x[start:start + b]
             k = chunk.shape[0]
             if k < b:
-                padded = np.zeros((b,) + x.shape[1:], dtype=np.float32)
+                padded = np.zeros((b,) + x.shape[1:], dtype=dtype)
                 padded[:k] = chunk
                 chunk = padded
-            lo, pr = self._run(np.ascontiguousarray(chunk, dtype=np.float32))
+            lo, pr = self._run(np.ascontiguousarray(chunk, dtype=dtype))
             logit[start:start + k] = lo[:k]
             prob[start:start + k] = pr[:k]
         return logit, prob
 
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        outs = self.session.run(self.output_names, {self.input_name: batch})
+        if self.provider == "CUDAExecutionProvider":
+            outs = self._run_cuda(batch)
+        else:
+            outs = self.session.run(self.output_names, {self.input_name: batch})
         got = dict(zip(self.output_names, outs))
         if "logit" in got:
             lo = np.asarray(got["logit"], dtype=np.float32).reshape(batch.shape[0], -1)[:, -1]
@@ -159,6 +176,28 @@ class Model:
             with np.errstate(divide="ignore"):
                 lo = (np.log(pr) - np.log1p(-pr)).astype(np.float32)
         return lo, pr
+
+    def _run_cuda(self, batch: np.ndarray) -> list[np.ndarray]:
+        """One batch through the CUDA provider with IOBinding.
+
+        The input is copied into a device buffer kept per thread and batch shape (no
+        allocation per batch), the outputs stay on the device until the run ends and only the
+        N logits come back. One buffer per thread, so threads sharing a Model do not race.
+        """
+        import onnxruntime as ort
+
+        key = (batch.shape, batch.dtype.str)
+        local = self._local
+        if getattr(local, "key", None) != key:
+            local.key = key
+            local.input = ort.OrtValue.ortvalue_from_shape_and_type(batch.shape, batch.dtype, "cuda", 0)
+            local.binding = self.session.io_binding()
+            local.binding.bind_ortvalue_input(self.input_name, local.input)
+            for name in self.output_names:
+                local.binding.bind_output(name, "cuda", 0)
+        local.input.update_inplace(batch)
+        self.session.run_with_iobinding(local.binding)
+        return [o.numpy() for o in local.binding.get_outputs()]
 
     def predict(self, images, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(logit, probability)``, float32 (N,) each, for stored cutouts N×C×H×W.
@@ -190,6 +229,10 @@ class Model:
 
     def __repr__(self) -> str:
         return f"Model({str(self.path)!r}, {self.metadata.architecture}, provider={self.provider})"
+
+
+def _percentiles(spec) -> dict:
+    return {"low": float(spec.get("low", DEFAULT_LOW)), "high": float(spec.get("high", DEFAULT_HIGH))}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

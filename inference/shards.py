@@ -9,7 +9,7 @@ Contract (the Dask backend uses exactly these)::
 :func:`run_shard` is a plain, picklable module-level function. It reads the shard's objects
 (:func:`~deepmine.inference.readers.read_block`), preprocesses and scores them with the
 process's cached onnxruntime session (:func:`~deepmine.inference.model.get_model`), reading
-and preprocessing the next batch in a background thread while onnxruntime runs the current
+and preprocessing the next batches in reader threads while onnxruntime runs the current
 one, and writes ``part-<id>.npz`` and then the completion marker ``part-<id>.done`` (JSON:
 the shard's key and its row count), each atomically. A shard whose marker exists and matches
 is complete; anything else is redone. So after a kill -9 a resumed scan redoes only the
@@ -26,12 +26,13 @@ The merged catalogue carries units: ``deg`` on ``ra``/``dec``, ``pix`` on ``x``/
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import json
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,21 +115,39 @@ def shard_done(shard: Shard, out_dir: str | os.PathLike) -> bool:
         return False
 
 
-_STOP = object()
+def _prepared_batches(model, shard: Shard, batch: int, keep_going: bool, readers: int):
+    """Yield ``(start, block, prepared input)`` in order, ``readers`` threads reading ahead.
+
+    Reading (a memory-mapped slice, FITS cutouts) and preprocessing of the next batches run in
+    a thread pool while the caller scores the current one; at most ``readers + 1`` batches are
+    in flight, so memory stays bounded. Closing the generator (an error in the caller) cancels
+    what has not started and waits for what has.
+    """
+    def load(s: int):
+        block = read_block(shard.spec, s, min(s + batch, shard.stop), model.metadata, keep_going=keep_going)
+        return s, block, model.prepare(block.images)
+
+    starts = iter(range(shard.start, shard.stop, batch))
+    with ThreadPoolExecutor(readers, thread_name_prefix=f"deepmine-read-{shard.shard_id}") as pool:
+        pending = collections.deque(pool.submit(load, s) for s in itertools.islice(starts, readers + 1))
+        try:
+            while pending:
+                item = pending.popleft().result()
+                nxt = next(starts, None)
+                if nxt is not None:
+                    pending.append(pool.submit(load, nxt))
+                yield item
+        finally:
+            for f in pending:
+                f.cancel()
 
 
-def _producer(model, shard: Shard, batch: int, keep_going: bool, q: queue.Queue, stop: threading.Event) -> None:
-    try:
-        for s in range(shard.start, shard.stop, batch):
-            if stop.is_set():
-                return
-            e = min(s + batch, shard.stop)
-            block = read_block(shard.spec, s, e, model.metadata, keep_going=keep_going)
-            x = model.prepare(block.images)
-            q.put((s, block, x))
-        q.put(_STOP)
-    except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-        q.put(exc)
+def default_readers(provider: str) -> int:
+    """Reader threads feeding one session: 1 on the CPU (onnxruntime takes the cores), and on a
+    GPU enough cores to keep it busy (half of them, 2 to 8)."""
+    if provider == "CUDAExecutionProvider":
+        return max(2, min(8, (os.cpu_count() or 2) // 2))
+    return 1
 
 
 def run_shard(
@@ -141,6 +160,7 @@ def run_shard(
     device: str = "auto",
     keep_going: bool = False,
     progress: Callable[[int], None] | None = None,
+    readers: int | None = None,
 ) -> Path:
     """Score one shard and write its part file and completion marker (atomically); return the part.
 
@@ -152,6 +172,7 @@ def run_shard(
     batch_size, threads, device : see :func:`deepmine.inference.model.load_model`
     keep_going : skip unreadable cutout files (listed in the part) instead of failing
     progress : called with the number of objects done after every batch
+    readers : threads reading and preprocessing ahead (None: :func:`default_readers`)
 
     A shard already complete in ``out_dir`` is not redone.
     """
@@ -180,19 +201,9 @@ def run_shard(
     skipped: list[tuple[str, str]] = []
     extra: dict[str, np.ndarray] = {}
 
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    worker = threading.Thread(target=_producer, args=(model, shard, b, keep_going, q, stop), daemon=True,
-                              name=f"deepmine-read-{shard.shard_id}")
-    worker.start()
+    batches = _prepared_batches(model, shard, b, keep_going, readers or default_readers(model.provider))
     try:
-        while True:
-            item = q.get()
-            if item is _STOP:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            s, block, x = item
+        for s, block, x in batches:
             lo, pr = model.run_prepared(x, b)
             sl = slice(s - shard.start, s - shard.start + lo.shape[0])
             logit[sl], prob[sl] = lo, pr
@@ -214,12 +225,7 @@ def run_shard(
             if progress is not None:
                 progress(lo.shape[0])
     finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
+        batches.close()
     unranked = (flags & FLAG_UNRANKED) != 0  # blank or off the image: nothing to score
     logit[unranked] = np.nan
     prob[unranked] = np.nan

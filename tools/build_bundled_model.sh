@@ -4,7 +4,7 @@
 # started from stage 1's weights, with arc-less lens galaxies as extra negatives) → selection function → ONNX fp32 (bundled, with the held-out
 # RP and the selection-function summary in its metadata) and int8 (kept in the work folder).
 #
-#   [STAGE1_EPOCHS=N] [STAGE2_EPOCHS=N] [OFFSET_SIGMA=S] \
+#   [STAGE1_EPOCHS=N] [STAGE2_EPOCHS=N] [OFFSET_SIGMA=S] [TRAIN_ONLY=1] \
 #   tools/build_bundled_model.sh [WORKDIR] [DEVICE]     (defaults: build/demo-model, auto)
 #
 # Position robustness (issue 17): from the first stage on, every lens is moved off the cutout
@@ -57,6 +57,7 @@ fi
 # outscore lenses most often)
 # (stage 2 adds lens galaxies without arcs: the training priors with the source at m_g 35);
 # both tables moved off-centre by offset_lenses(σ = OFFSET_SIGMA), each with its own seed
+if [ ! -f "$W/stage2/model.pt" ]; then  # training data is only needed until stage 2 exists
 [ -f "$W/arcless_params.ecsv" ] || python - "$W" "$OFFSET_SIGMA" <<'PY'
 import sys
 from deepmine.lenscrafter import offset_lenses, sample_lens_params
@@ -76,6 +77,10 @@ DATA=(--positives "$W/lenses.npy" --negatives "$W/negatives.npy" --negatives "$W
     ${STAGE1_SET[@]+"${STAGE1_SET[@]}"}
 [ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
     --init "$W/stage1/model.pt" --out "$W/stage2" --device "$DEVICE" --plot ${STAGE2_SET[@]+"${STAGE2_SET[@]}"}
+fi
+# TRAIN_ONLY=1: stop here (train on a GPU machine, bring WORKDIR's offset_sigma, stage1/ and
+# stage2/ back, and run the rest of this script where the bundled model is committed)
+[ -z "${TRAIN_ONLY:-}" ] || { echo "TRAIN_ONLY: stages written to $W/stage1 and $W/stage2"; exit 0; }
 # selection function of the exported model (default grid; reference pool: 5,000 non-lens scenes
 # of every kind, crafted apart from the training data), then the final export records its summary
 [ -f "$W/pool_negatives.npy" ] || deepmine craft --n 5000 --negatives --out "$W/pool_negatives.npy" --seed 404

@@ -31,6 +31,10 @@ def export(
         None, "--calibration", help="Cutouts (.npy, N×C×H×W, as stored) to calibrate --int8 on; a few hundred."
     ),
     fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and arithmetic (for GPU deployment)."),
+    graph_input: str = typer.Option(
+        "float32", "--graph-input", help="What the graph takes: float32 (cutouts preprocessed to 0..1, the "
+        "default) or uint8 (normalised uint8 cutouts, divided by 255 inside the graph: a quarter of the bytes to "
+        "a GPU, no CPU arithmetic; percentile-preprocessed classifiers)."),
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check onnxruntime vs torch before writing."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Save onnxruntime's offline-optimised graph."),
     level: str = typer.Option("basic", "--level", help="Offline optimisation level: basic or extended."),
@@ -67,6 +71,8 @@ def export(
         raise InputError("--calibration is only used with --int8")
     if labels is not None and cutouts is None:
         raise InputError("--labels needs --cutouts (the labels are of those cutouts)")
+    if graph_input not in ("float32", "uint8"):
+        raise InputError(f"--graph-input: expected float32 or uint8, got {graph_input!r}")
     if level not in ("basic", "extended"):
         raise InputError(f"--level: expected basic or extended, got {level!r}")
     existing_file(checkpoint, "checkpoint")
@@ -90,6 +96,7 @@ def export(
         path = export_checkpoint(
             checkpoint, out, check=check, atol=atol, int8_calibration=cal, fp16=fp16, optimize=optimize,
             optimization_level=level, check_cutouts=chk, check_labels=lab, log=log, selection=selection,
+            graph_input=graph_input,
         )  # fmt: skip
     meta, props = read_metadata(path)
     for w in caught:

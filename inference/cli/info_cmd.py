@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -42,18 +43,43 @@ def _flat(prefix: str, value, rows: list, depth: int = 0) -> None:
         rows.append((prefix, _short(value)))
 
 
+def _providers(as_json: bool) -> None:
+    from ..session import provider_report
+
+    rep = provider_report()
+    if as_json:
+        print(json.dumps(rep))
+        return
+    dists = ", ".join(f"{k} {v}" for k, v in rep["distributions"].items()) or "none found by pip metadata"
+    out_console.print(f"onnxruntime {rep['onnxruntime']} ({dists}) at {rep['file']}", soft_wrap=True, markup=False)
+    out_console.print(f"providers   {', '.join(rep['available'])}", soft_wrap=True, markup=False)
+    cuda = "usable (--device cuda)" if rep["cuda"] else f"not usable: {rep['reason']}"
+    out_console.print(f"CUDA        {cuda}", soft_wrap=True, markup=False)
+
+
 def info(
-    model: Path = typer.Argument(..., help="An ONNX model written by `deepmine export`.", show_default=False),
+    model: Optional[Path] = typer.Argument(None, help="An ONNX model written by `deepmine export`.",
+                                           show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON on stdout."),
+    providers: bool = typer.Option(False, "--providers", help="Instead of a model: which onnxruntime is "
+                                   "installed, its execution providers, and why CUDA is not usable if it is not."),
 ) -> None:
     """Show a model's deepmine metadata: architecture, input (shape, bands, pixel scale,
     preprocessing), outputs, precision, training provenance, export parity check, and whether
-    the content hash still matches the file. Exits with an error if it does not."""
+    the content hash still matches the file. Exits with an error if it does not.
+    `deepmine info --providers` shows the onnxruntime execution providers instead."""
     from rich.markup import escape
     from rich.table import Table
 
     from ..metadata import read_metadata
 
+    if providers:
+        if model is not None:
+            raise InputError("--providers takes no model")
+        _providers(as_json)
+        return
+    if model is None:
+        raise InputError("give a MODEL.onnx, or --providers")
     existing_file(model, "model file")
     meta, props = read_metadata(model)
     from ..onnxhash import verify_content_hash
