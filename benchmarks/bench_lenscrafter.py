@@ -188,3 +188,62 @@ def test_batched_vs_caustics(benchmark):
                                  "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads()})
     print(f"\ncaustics {rate_c:.0f} 1-band images/s; LensCrafter {rate_o:.0f} 3-band lenses/s "
           f"({3 * rate_o / rate_c:.1f}× per band)")
+
+
+N_CLI = 8000  # lenses per `deepmine craft` run (issue 22 measures --n 8000)
+
+
+def _run_craft_cli(out, n, extra=()):
+    """Wall and CPU seconds of one whole ``deepmine craft`` process (start-up and ECSV included)."""
+    import resource
+    import subprocess
+    import sys
+
+    code = "import sys; from deepmine.inference.cli.app import main; sys.exit(main(sys.argv[1:]))"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, "craft", "--n", str(n), "-o", str(out), "--overwrite", *extra],
+                   check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def test_cli_craft_vs_lenstronomy(benchmark, tmp_path):
+    """Issue 22: the whole ``deepmine craft --n 8000`` command (uint8, field population on, every
+    core Numba gets) against lenstronomy's time per lens (SIE + two Sersics + PSF + noise, no field,
+    one thread, float64), interleaved in the same run; goal ≥ 5× (and 5,000 lenses/s on 2 idle
+    cores)."""
+    pytest.importorskip("lenstronomy")
+    import statistics
+
+    kernels = default_psf()
+    simulate = _lenstronomy_simulator(kernels)
+    table = sample_lens_params(N_PEER, seed=11)
+    rows = [table[i] for i in range(N_PEER)]
+    simulate(rows[0])
+    out = tmp_path / "lenses.npy"
+    _run_craft_cli(out, 64)  # Numba cache and file-system warm-up outside the timings
+    peer, cli_wall, cli_cpu = [], [], []
+    for _ in range(3):  # interleaved: load on a shared machine hits both alike
+        w = time.perf_counter()
+        for r in rows:
+            simulate(r)
+        peer.append((time.perf_counter() - w) / N_PEER)
+        wall, cpu = _run_craft_cli(out, N_CLI)
+        cli_wall.append(wall / N_CLI)
+        cli_cpu.append(cpu / N_CLI)
+    benchmark.pedantic(_run_craft_cli, args=(out, N_CLI), rounds=1, iterations=1)
+    ratios = [p / c for p, c in zip(peer, cli_wall)]
+    info = {
+        "n": N_CLI, "lenstronomy_ms_per_lens": statistics.median(peer) * 1e3,
+        "cli_ms_per_lens": statistics.median(cli_wall) * 1e3, "cli_cpu_ms_per_lens": statistics.median(cli_cpu) * 1e3,
+        "cli_lenses_per_s": 1.0 / statistics.median(cli_wall), "speedup_vs_lenstronomy": statistics.median(ratios),
+        "speedup_per_round": ratios, "numba_threads": numba.get_num_threads(),
+    }
+    benchmark.extra_info.update(info)
+    print(f"\ndeepmine craft --n {N_CLI} (whole command): {info['cli_ms_per_lens']:.3f} ms/lens "
+          f"({info['cli_lenses_per_s']:.0f}/s, CPU {info['cli_cpu_ms_per_lens']:.3f} ms/lens); lenstronomy "
+          f"{info['lenstronomy_ms_per_lens']:.2f} ms/lens; speed-up {info['speedup_vs_lenstronomy']:.2f}× "
+          f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})")

@@ -150,7 +150,7 @@ def percentile_plane(src, low, high, klo, khi, dst):  # pragma: no cover - compi
         dst[p] = np.uint8(np.floor(t * 255.0 + 0.5))
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def percentile_batch(x, low, high, out):  # pragma: no cover - compiled
     """:func:`percentile_plane` over every band of a C-contiguous N×C×H×W array, in parallel."""
     n, c, h, w = x.shape

@@ -456,7 +456,7 @@ def _render_rows_sersic(lensed, lp, ext, planes, pre, amps, x0, y0, step, buf): 
                 buf[2, r, c] += a2 * v
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)  # nogil: synth.craft_lens_chunks prepares the next chunk meanwhile
 def render_batch(comp, starts, lenses, size, pixel_scale, supersample, rows, cols,
                  gain, sky_sigma, seed, index_offset, out):  # pragma: no cover
     """Render, convolve with the PSF, add photon and sky noise for N scenes in parallel.

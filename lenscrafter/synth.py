@@ -178,6 +178,23 @@ def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: f
     -------
     (N, 3, size, size) array, channels i, r, g (R, G, B).
     """
+    comp, starts, lenses, post, obs = lens_scenes(
+        params, seed=seed, size=size, pixel_scale=pixel_scale, noise=noise, psf=psf, supersample=supersample,
+        output=output, zero_point=zero_point, gain=gain, sky_sigma=sky_sigma, field=field,
+        index_offset=index_offset, field_i_max=field_i_max)
+    images = apply_saturation(render(comp, starts, lenses, obs, seed, index_offset), post)
+    return finish(images, output)
+
+
+def lens_scenes(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: float = PIXEL_SCALE,
+                noise: bool = True, psf=True, supersample: int = 1, output: str = "uint8",
+                zero_point: float = ZERO_POINT, gain=None, sky_sigma=None, field: float | None = None,
+                index_offset: int = 0, field_i_max: float = I_MAX):
+    """The Python half of :func:`craft_lenses` (same arguments): checks, component rows, field.
+
+    Returns ``(comp, starts, lenses, post, obs)`` for :func:`render` and
+    :func:`~.field.apply_saturation`.
+    """
     check_lens_params(params)
     if output not in ("uint8", "float32"):
         raise InputError(f"output={output!r}: expected 'uint8' or 'float32'")
@@ -190,8 +207,34 @@ def craft_lenses(params: Table, *, seed: int = 0, size: int = 64, pixel_scale: f
         comp, starts, post = add_field(comp, starts, seed=seed, index_offset=index_offset, size=obs.size,
                                        pixel_scale=obs.pixel_scale, zero_point=zero_point, scale=scale,
                                        i_max=field_i_max, salt=FIELD_SALT)
-    images = apply_saturation(render(comp, starts, lenses, obs, seed, index_offset), post)
-    return finish(images, output)
+    return comp, starts, lenses, post, obs
+
+
+def craft_lens_chunks(params: Table, chunk: int = 2048, *, seed: int = 0, output: str = "uint8",
+                      index_offset: int = 0, **options):
+    """:func:`craft_lenses` of ``params`` a chunk of rows at a time, pipelined: yields
+    ``(start, stop, images)`` for rows ``start:stop``.
+
+    While the compiled renderer (which releases the GIL) draws chunk k on every core, a second
+    thread prepares chunk k + 1 (checks, component rows and the field population, which is
+    Python), so the cores do not wait for it. The images equal ``craft_lenses(params[a:b],
+    index_offset=index_offset + a, ...)`` for any chunk size.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(params)
+    bounds = [(a, min(a + chunk, n)) for a in range(0, n, max(int(chunk), 1))]
+
+    def prepare(a, b):
+        return lens_scenes(params[a:b], seed=seed, output=output, index_offset=index_offset + a, **options)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(prepare, *bounds[0]) if bounds else None
+        for k, (a, b) in enumerate(bounds):
+            comp, starts, lenses, post, obs = nxt.result()
+            nxt = pool.submit(prepare, *bounds[k + 1]) if k + 1 < len(bounds) else None
+            images = apply_saturation(render(comp, starts, lenses, obs, seed, index_offset + a), post)
+            yield a, b, finish(images, output)
 
 
 def field_scale(field) -> float:

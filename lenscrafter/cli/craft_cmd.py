@@ -119,9 +119,7 @@ def craft(
     Figure 4.2) or realistic non-lens scenes with LensCrafter, as an N×3×H×W stack in channel
     order i, r, g; or, with --onto, paint arcs onto a survey's own deflector cutouts.
     """
-    import numpy as np
-
-    from deepmine.inference.atomic import atomic_path, check_outputs
+    from deepmine.inference.atomic import check_outputs
 
     if float_out:
         dtype = "float32"
@@ -165,7 +163,7 @@ def craft(
         raise InputError("--out is required (or give --preview PNG alone)")
     table_path = out.with_suffix(".ecsv")
 
-    from deepmine.lenscrafter import craft_lenses, craft_negatives, read_lens_params, sample_lens_params
+    from deepmine.lenscrafter import read_lens_params, sample_lens_params
 
     kind_list = None
     if kinds is not None:
@@ -191,35 +189,74 @@ def craft(
             table = sample_lens_params(n, seed=seed)
         total = len(table)
 
-    tables = []
-    with atomic_path(out) as tmp:
+    meta = {"seed": seed, "size": size, "pixel_scale": pixel_scale, "noise": not no_noise,
+            "psf": "none" if no_psf else (str(psf) if psf else "gaussian-hsc"),
+            "supersample": supersample, "dtype": dtype, "bands": "i,r,g", "stack": out.name,
+            "field": 1.0 if field is None else field, "field_i_max": field_i_max}
+    if negatives:
+        _craft_negatives(out, table_path, total, dtype, meta, seed=seed, kinds=kind_list, **common)
+    else:
+        _craft_lenses(out, table_path, table, dtype, meta, seed=seed, **common)
+    what = "negatives" if negatives else "lenses"
+    err_console.print(f"wrote {total} {what} {out} ({dtype} {total}×3×{size}×{size}) and {table_path}")
+
+
+def _craft_lenses(out: Path, table_path: Path, table, dtype: str, meta: dict, **options) -> None:
+    """Write the stack a chunk at a time (pipelined: :func:`~deepmine.lenscrafter.synth.craft_lens_chunks`)
+    and the parameter table; the table is written by a second thread while the lenses render, and
+    each file is moved into place only when both are complete."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from deepmine.inference.atomic import atomic_path
+    from deepmine.lenscrafter.synth import craft_lens_chunks
+
+    table.meta.update(meta)
+    total = len(table)
+    written = None
+    with atomic_path(table_path) as ttmp, atomic_path(out) as tmp, ThreadPoolExecutor(max_workers=1) as pool:
+        size = options["size"]
         stack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(total, 3, size, size))
-        with task("crafting negatives" if negatives else "crafting lenses", total) as advance:
-            for a in range(0, total, CHUNK):
-                b = min(a + CHUNK, total)
-                if negatives:
-                    imgs, tab = craft_negatives(b - a, seed=seed, kinds=kind_list, output=dtype, index_offset=a,
-                                                **common)
-                    tables.append(tab)
-                else:
-                    imgs = craft_lenses(table[a:b], seed=seed, output=dtype, index_offset=a, **common)
+        with task("crafting lenses", total) as advance:
+            for a, b, imgs in craft_lens_chunks(table, CHUNK, output=dtype, **options):
+                if written is None:  # the Python-heavy ECSV writer runs while the compiled renderer works
+                    written = pool.submit(table.write, ttmp, format="ascii.ecsv", overwrite=True)
                 stack[a:b] = imgs
                 advance(b - a)
         stack.flush()
         del stack
-    if negatives:
-        from astropy.table import vstack
+        if written is None:
+            table.write(ttmp, format="ascii.ecsv", overwrite=True)
+        else:
+            written.result()
 
-        table = vstack(tables) if len(tables) > 1 else tables[0]
-    table.meta.update({"seed": seed, "size": size, "pixel_scale": pixel_scale, "noise": not no_noise,
-                       "psf": "none" if no_psf else (str(psf) if psf else "gaussian-hsc"),
-                       "supersample": supersample, "dtype": dtype, "bands": "i,r,g", "stack": out.name,
-                       "field": 1.0 if field is None else field,
-                       "field_i_max": field_i_max})
+
+def _craft_negatives(out: Path, table_path: Path, total: int, dtype: str, meta: dict, *, seed: int, kinds,
+                     **common) -> None:
+    import numpy as np
+    from astropy.table import vstack
+
+    from deepmine.inference.atomic import atomic_path
+    from deepmine.lenscrafter import craft_negatives
+
+    tables = []
+    with atomic_path(out) as tmp:
+        size = common["size"]
+        stack = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(total, 3, size, size))
+        with task("crafting negatives", total) as advance:
+            for a in range(0, total, CHUNK):
+                b = min(a + CHUNK, total)
+                imgs, tab = craft_negatives(b - a, seed=seed, kinds=kinds, output=dtype, index_offset=a, **common)
+                tables.append(tab)
+                stack[a:b] = imgs
+                advance(b - a)
+        stack.flush()
+        del stack
+    table = vstack(tables) if len(tables) > 1 else tables[0]
+    table.meta.update(meta)
     with atomic_path(table_path) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
-    what = "negatives" if negatives else "lenses"
-    err_console.print(f"wrote {total} {what} {out} ({dtype} {total}×3×{size}×{size}) and {table_path}")
 
 
 def _floats(text: Optional[str], option: str, count=None):
