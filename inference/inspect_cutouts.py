@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, file_error
-from .formats import HSC_BANDS, open_stack
+from .formats import HSC_BANDS, open_stack, split_extension
 
 #: Columns a catalogue must have to be inspected; the others are shown when present.
 REQUIRED_COLUMNS = ("id", "source", "index", "logit")
@@ -206,7 +206,7 @@ def resolve_sources(sources: Sequence[str], cutouts: Sequence[os.PathLike] | Non
     if cutouts:
         given = [Path(c) for c in cutouts]
         for g in given:
-            if not g.is_file():
+            if not split_extension(g)[0].is_file():
                 raise file_error(g, "cutout stack not found (--cutouts)")
         if len(sources) == 1 and len(given) == 1:
             return {sources[0]: given[0]}
@@ -225,7 +225,7 @@ def resolve_sources(sources: Sequence[str], cutouts: Sequence[os.PathLike] | Non
         p = Path(s)
         tries = [p] if p.is_absolute() else [d / p for d in dirs] + [p]
         tries += [d / p.name for d in dirs]
-        hit = next((t for t in tries if t.is_file()), None)
+        hit = next((t for t in tries if split_extension(t)[0].is_file()), None)
         if hit is None:
             where = " or ".join(str(d) for d in dirs) or "the current folder"
             raise InputError(
@@ -272,8 +272,9 @@ def _relocate(path: str, search_dirs: Sequence[Path]) -> str | None:
 
 
 def provenance_readers(meta: dict, search_dirs: Sequence[os.PathLike] = ()) -> dict[str, ScanInputReader | str]:
-    """Readers for the catalogue sources that are survey images, tiles or FITS-cutout
-    directories, from the scan provenance (``DM_INPUT`` specs, ``DM_META`` model metadata).
+    """Readers for the catalogue sources that are survey images, tiles, FITS-cutout directories
+    or FITS cubes read through a named extension (``cube.fits[SCI]``) or with mask planes, from
+    the scan provenance (``DM_INPUT`` specs, ``DM_META`` model metadata).
     Relative paths that moved are looked for in ``search_dirs`` (as written, then by name);
     for an input whose files are gone the value is a message saying which file is missing."""
     import dataclasses
@@ -296,8 +297,9 @@ def provenance_readers(meta: dict, search_dirs: Sequence[os.PathLike] = ()) -> d
             spec = SourceSpec(**d)
         except TypeError:
             continue
-        if spec.kind not in ("survey", "tiles", "fits_dir"):
-            continue
+        recut = spec.kind == "fits_cube" and (spec.name != spec.paths[0] or spec.options.get("planes"))
+        if spec.kind not in ("survey", "tiles", "fits_dir") and not recut:
+            continue  # a named extension or mask planes: read as scanned (masked pixels NaN)
         paths = [_relocate(p, dirs) for p in spec.paths]
         options = dict(spec.options)
         if spec.kind == "survey":

@@ -240,3 +240,26 @@ def test_an_extension_input_is_never_written_over(tmp_path, cli):
     assert rc == 2 and "would write over the input" in err and (tmp_path / "c.fits").read_bytes() == before
     with pytest.raises(InputError, match="would write over the input"):
         check_outputs([tmp_path / "c.fits"], [f"{tmp_path / 'c.fits'}[SCI,2]"], overwrite=True)
+
+
+def test_inspect_shows_a_masked_cube_as_it_was_scanned(tmp_path, cli):
+    """The grading page re-reads ``cube.fits[IMAGE]`` through the scan's own reader: the named
+    extension, and the masked pixels NaN as the scanner saw them."""
+    from deepmine.inference.inspect_app import InspectSession
+
+    model = make_classifier(tmp_path / "toy.onnx", shape=(3, 16, 16))
+    img = np.random.default_rng(5).normal(size=(8, 3, 16, 16)).astype(np.float32)
+    mask = np.zeros(img.shape, np.int32)
+    mask[:, 1, 7:9, 7:9] = 1 << 1  # SAT centres in r
+    _mef(tmp_path / "c.fits", img, mask, np.ones_like(img))
+    name = f"{tmp_path / 'c.fits'}[IMAGE]"
+    rc, out, err = cli("scan", name, "--model", model, "--out", tmp_path / "s.fits", "--format", "fits")
+    assert rc == 0, err
+    s = InspectSession(tmp_path / "s.fits", top=3, grader="ann")
+    (spec,), _ = resolve_inputs([name], _meta(c=3, size=16))
+    scanned = _all(spec, _meta(c=3, size=16)).images
+    for rank in range(3):
+        i = int(s.rows[rank]["index"])
+        np.testing.assert_array_equal(s.store.get(name, i), scanned[i])
+        assert s.image(rank)[:4] == b"\x89PNG"
+    assert np.isnan(scanned[:, 1, 7:9, 7:9]).all()
