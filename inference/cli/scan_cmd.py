@@ -13,7 +13,9 @@ from .common import err_console, parse_fraction_or_count, progress_bar
 def scan(
     inputs: list[Path] = typer.Argument(
         ..., help="Cutouts: .npy stacks, FITS cubes (N×C×H×W or N×H×W), directories of FITS cutouts; or, with "
-        "--catalog / --tile, one survey image per model band (in the model's band order).", show_default=False,
+        "--catalog / --tile, one survey image per model band (in the model's band order). A FITS path may name "
+        "its extension: 'img.fits[1]', 'calexp.fits[IMAGE]' (MASK/VARIANCE planes beside it are applied).",
+        show_default=False,
     ),
     model: Optional[Path] = typer.Option(
         None, "--model", "-m", help="Exported classifier (.onnx). Default: the bundled model, when installed."
