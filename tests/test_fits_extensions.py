@@ -106,6 +106,11 @@ def test_open_stack_takes_an_extension(tmp_path):
     assert open_stack(tmp_path / "c.fits").shape == (4, 1, 4, 4)  # the first 3-D/4-D image, as before
     with pytest.raises(InputError, match=r"no extension 'NOPE'"):
         open_stack(f"{tmp_path / 'c.fits'}[NOPE]")
+    from deepmine.inference.cli.common import existing_file  # the CLI's check of --cutouts, --positives...
+
+    assert str(existing_file(f"{tmp_path / 'c.fits'}[STACK]", "cutout stack")).endswith("c.fits[STACK]")
+    with pytest.raises(InputError, match=r"nope\.fits: cutout stack not found"):
+        existing_file(f"{tmp_path / 'nope.fits'}[1]", "cutout stack")
 
 
 # ------------------------------------------------------------------ HSC-style IMAGE / MASK / VARIANCE

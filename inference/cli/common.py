@@ -24,6 +24,7 @@ from rich.progress import (
 )
 
 from ..errors import InputError, file_error
+from ..fitspath import split_extension
 
 
 def _console(stderr: bool) -> Console:
@@ -90,8 +91,9 @@ def task(description: str, total: int | None) -> Iterator:
 
 
 def existing_file(path: Path, what: str = "file") -> Path:
-    """Raise a one-line error unless ``path`` is an existing, non-empty, readable file."""
-    p = Path(path)
+    """Raise a one-line error unless ``path`` is an existing, non-empty, readable file (a FITS
+    extension in the name, ``cube.fits[1]``, names its file); returns ``path`` as given."""
+    p = split_extension(path)[0]
     if not p.exists():
         raise file_error(p, f"{what} not found")
     if p.is_dir():
@@ -100,7 +102,7 @@ def existing_file(path: Path, what: str = "file") -> Path:
         raise file_error(p, f"{what} is not readable (permissions)")
     if p.stat().st_size == 0:
         raise file_error(p, f"{what} is empty")
-    return p
+    return Path(path)
 
 
 def parse_fraction_or_count(text: str, option: str = "--top") -> float | int:
