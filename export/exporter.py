@@ -177,8 +177,9 @@ def export_model(
     precision = "int8" if int8_calibration is not None else "fp16" if fp16 else "fp32"
     if graph_input not in _graph.GRAPH_INPUTS:
         raise InputError(f"export: graph input must be one of {', '.join(_graph.GRAPH_INPUTS)}, got {graph_input!r}")
-    if graph_input == "uint8" and (metadata.task != "classifier" or metadata.preprocessing.get("kind") != "percentile"):
-        raise InputError("export: --graph-input uint8 is for classifiers with percentile preprocessing "
+    if graph_input != "float32" and (metadata.task != "classifier"
+                                     or metadata.preprocessing.get("kind") != "percentile"):
+        raise InputError(f"export: --graph-input {graph_input} is for classifiers with percentile preprocessing "
                          f"(this model's is {metadata.preprocessing.get('kind')!r})")
     if atol is None:
         atol = _parity.TOLERANCES["fp16" if fp16 else "fp32"]
@@ -258,15 +259,23 @@ def export_model(
                 parity["fp16"] = result
                 if not result["passed"]:
                     raise ParityError(_parity_message("fp16", result, batch["source"], out))
-        if graph_input == "uint8":
-            stage("taking uint8 cutouts in the graph (Cast, Div 255)")
+        if graph_input != "float32":
             float_graph = final
-            final = _graph.prepend_uint8_input(final, input_name)
-            info["graph_input"] = "uint8"
+            if graph_input == "uint8":
+                stage("taking uint8 cutouts in the graph (Cast, Div 255)")
+                final = _graph.prepend_uint8_input(final, input_name)
+            else:
+                stage("taking fluxes in the graph (per-band percentile normalisation inside it)")
+                pre = metadata.preprocessing
+                final = _graph.prepend_flux_input(final, metadata.input_shape, pre.get("low", 0.5),
+                                                  pre.get("high", 99.5), input_name)
+            info["graph_input"] = graph_input
             if check:
-                parity["graph_input"] = _uint8_parity(float_graph, final, input_name, batch["inputs"])
+                parity["graph_input"] = (_uint8_parity(float_graph, final, input_name, batch["inputs"])
+                                         if graph_input == "uint8" else
+                                         _flux_parity(float_graph, final, input_name, metadata))
                 if not parity["graph_input"]["passed"]:
-                    raise ParityError(f"export: the uint8-input graph differs from the float one by "
+                    raise ParityError(f"export: the {graph_input}-input graph differs from the float one by "
                                       f"{parity['graph_input']['max_abs']:.2e}; {out} was not written")
         if check:
             parity["passed"] = all(parity[k]["passed"] for k in ("fp32", "fp16", "int8", "graph_input") if k in parity)
@@ -274,8 +283,8 @@ def export_model(
 
         meta = copy.deepcopy(metadata)
         meta.precision = precision
-        if graph_input == "uint8":
-            meta.preprocessing = {**meta.preprocessing, "graph_input": "uint8"}
+        if graph_input != "float32":
+            meta.preprocessing = {**meta.preprocessing, "graph_input": graph_input}
         meta.parity = parity
         meta.extra = {**meta.extra, "export": info}
         stage(f"writing {out}")
@@ -313,6 +322,19 @@ def _uint8_parity(float_graph, uint8_graph, input_name: str, inputs: np.ndarray)
     got = _graph_outputs(uint8_graph, input_name, raw)
     d = float(max(np.max(np.abs(a - b)) for a, b in zip(ref, got)))
     return {"max_abs": d, "passed": bool(d <= 1e-6), "n": int(len(raw))}
+
+
+def _flux_parity(float_graph, flux_graph, input_name: str, metadata) -> dict:
+    """The flux-input graph on raw fluxes (NaN, inf, constant bands included) gives what the float
+    graph gives on :func:`prepare_batch` of them (the CPU's normalisation)."""
+    raw, _ = _parity.synthetic_cutouts(64, metadata.input_shape, seed=3)
+    raw[0, 0, 3, 3] = np.nan
+    raw[1, -1] = 7.0  # a constant band
+    raw[2, 0, :4] = np.inf
+    ref = _graph_outputs(float_graph, input_name, prepare_batch(raw, metadata.preprocessing))
+    got = _graph_outputs(flux_graph, input_name, raw)
+    d = float(max(np.max(np.abs(a - b)) for a, b in zip(ref, got)))
+    return {"max_abs": d, "passed": bool(d <= 1e-5), "n": int(len(raw))}
 
 
 def _check_io(proto: onnx.ModelProto, input_name: str, output_names: list[str]) -> None:

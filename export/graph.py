@@ -246,7 +246,7 @@ def optimize_offline(model: onnx.ModelProto, level: str = "basic") -> onnx.Model
 
 
 #: what a classifier graph's input can be (``deepmine export --graph-input``)
-GRAPH_INPUTS = ("float32", "uint8")
+GRAPH_INPUTS = ("float32", "uint8", "flux")
 
 
 def prepend_uint8_input(model: onnx.ModelProto, input_name: str = "image") -> onnx.ModelProto:
@@ -281,3 +281,125 @@ def prepend_uint8_input(model: onnx.ModelProto, input_name: str = "image") -> on
     g.node.extend(nodes + rest)
     onnx.checker.check_model(out)
     return out
+
+
+def percentile_nodes(x: str, out: str, shape, low: float, high: float, prefix: str = "pct"):
+    """Nodes and initialisers computing :func:`deepmine.inference.preprocess.percentile_normalization`
+    followed by ``/ 255`` (the model input of percentile models), from float32 fluxes ``x``
+    (N×C×H×W, N dynamic) to float32 ``out`` in 0..1.
+
+    The same arithmetic as the Numba kernel, in float64: per image and band, the finite pixels
+    sorted (``TopK`` ascending, non-finite pixels sent to +inf so they sort last), numpy's
+    linear-interpolation percentiles at ``low`` and ``high`` among the ``m`` finite values,
+    ``t = clip((v - lo) / (hi - lo), 0, 1)``, ``floor(255 t + 0.5)``, then float32 ``/ 255``;
+    0 for non-finite pixels, constant bands and bands without a finite pixel.
+
+    Returns ``(nodes, initializers)``.
+    """
+    c, h, w = (int(v) for v in shape)
+    k = h * w
+    P = prefix
+
+    def name(s):
+        return f"{P}_{s}"
+
+    def const(s, value, dtype):
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name(s))
+
+    inits = [const("flat", [0, c, k], np.int64), const("back", [0, c, h, w], np.int64),
+             const("k", [k], np.int64), const("one", 1.0, np.float64), const("zero", 0.0, np.float64),
+             const("inf", np.inf, np.float64), const("c255", 255.0, np.float64), const("half", 0.5, np.float64),
+             const("f255", 255.0, np.float32), const("f0", 0.0, np.float32),
+             const("qlo", low / 100.0, np.float64), const("qhi", high / 100.0, np.float64)]
+    n = helper.make_node
+    D = onnx.TensorProto.DOUBLE
+    nodes = [
+        n("Cast", [x], [name("xd4")], to=D),
+        n("Reshape", [name("xd4"), name("flat")], [name("xd")]),
+        n("IsNaN", [name("xd")], [name("isnan")]),
+        n("IsInf", [name("xd")], [name("isinf")]),
+        n("Or", [name("isnan"), name("isinf")], [name("bad")]),
+        n("Not", [name("bad")], [name("finite")]),
+        n("Cast", [name("finite")], [name("finite_d")], to=D),
+        n("ReduceSum", [name("finite_d"), name("axis2")], [name("m")], keepdims=1),
+        n("Where", [name("finite"), name("xd"), name("inf")], [name("xs")]),
+        n("TopK", [name("xs"), name("k")], [name("sorted"), name("order")], axis=2, largest=0, sorted=1),
+        n("Sub", [name("m"), name("one")], [name("m1")]),
+        # m - 1 floored at 0, so that a plane without a finite pixel still indexes inside the
+        # array (its output is zeroed below)
+        n("Max", [name("m1"), name("zero")], [name("m1c")]),
+    ]
+    inits.append(const("axis2", [2], np.int64))
+    for tag in ("lo", "hi"):
+        q = name("qlo") if tag == "lo" else name("qhi")
+        t = f"{tag}_"
+        nodes += [
+            n("Mul", [q, name("m1c")], [name(t + "pos")]),
+            n("Floor", [name(t + "pos")], [name(t + "a")]),
+            n("Add", [name(t + "a"), name("one")], [name(t + "a1")]),
+            n("Min", [name(t + "a1"), name("m1c")], [name(t + "b")]),
+            n("Sub", [name(t + "pos"), name(t + "a")], [name(t + "frac")]),
+            n("Cast", [name(t + "a")], [name(t + "ai")], to=onnx.TensorProto.INT64),
+            n("Cast", [name(t + "b")], [name(t + "bi")], to=onnx.TensorProto.INT64),
+            n("GatherElements", [name("sorted"), name(t + "ai")], [name(t + "va")], axis=2),
+            n("GatherElements", [name("sorted"), name(t + "bi")], [name(t + "vb")], axis=2),
+            n("Sub", [name(t + "vb"), name(t + "va")], [name(t + "dv")]),
+            n("Mul", [name(t + "frac"), name(t + "dv")], [name(t + "step")]),
+            n("Add", [name(t + "va"), name(t + "step")], [name(tag)]),
+        ]
+    nodes += [
+        n("Sub", [name("hi"), name("lo")], [name("span")]),
+        n("Sub", [name("xd"), name("lo")], [name("dx")]),
+        n("Div", [name("dx"), name("span")], [name("t0")]),
+        n("Max", [name("t0"), name("zero")], [name("t1")]),
+        n("Min", [name("t1"), name("one")], [name("t2")]),
+        n("Mul", [name("t2"), name("c255")], [name("t255")]),
+        n("Add", [name("t255"), name("half")], [name("t255h")]),
+        n("Floor", [name("t255h")], [name("q")]),
+        n("Cast", [name("q")], [name("qf")], to=onnx.TensorProto.FLOAT),
+        n("Div", [name("qf"), name("f255")], [name("unit")]),
+        n("Greater", [name("span"), name("zero")], [name("spanok")]),
+        n("And", [name("finite"), name("spanok")], [name("ok")]),
+        n("Where", [name("ok"), name("unit"), name("f0")], [name("unit_ok")]),
+        n("Reshape", [name("unit_ok"), name("back")], [out]),
+    ]
+    return nodes, inits
+
+
+def prepend_flux_input(model: onnx.ModelProto, shape, low: float, high: float,
+                       input_name: str = "image") -> onnx.ModelProto:
+    """Make the graph take float32 fluxes and percentile-normalise them itself.
+
+    :func:`percentile_nodes` in front of the model: the graph input ``input_name`` stays float32
+    of the same shape but now holds raw fluxes (NaN/inf allowed), so a GPU does the per-band
+    normalisation the CPU does for other graphs (:mod:`deepmine.inference.preprocess`).
+    """
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    g = out.graph
+    (inp,) = [i for i in g.input if i.name == input_name]
+    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ExportError("export: --graph-input flux needs a float32 graph input")
+    inner = f"{input_name}_unit"
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name == input_name:
+                node.input[k] = inner
+    nodes, inits = percentile_nodes(input_name, inner, shape, low, high)
+    g.initializer.extend(inits)
+    rest = list(g.node)
+    del g.node[:]
+    g.node.extend(nodes + rest)
+    onnx.checker.check_model(out)
+    return out
+
+
+def percentile_model(shape, low: float, high: float) -> onnx.ModelProto:
+    """The normalisation alone as a model (``flux`` → ``unit``), for parity tests."""
+    c, h, w = (int(v) for v in shape)
+    nodes, inits = percentile_nodes("flux", "unit", shape, low, high)
+    graph = helper.make_graph(
+        nodes, "percentile", [helper.make_tensor_value_info("flux", onnx.TensorProto.FLOAT, ["N", c, h, w])],
+        [helper.make_tensor_value_info("unit", onnx.TensorProto.FLOAT, ["N", c, h, w])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m

@@ -92,6 +92,8 @@ class Model:
         #: the graph input's element type: ``"float"`` (preprocessed 0..1 input, the default),
         #: ``"float16"`` or ``"uint8"`` (normalised uint8 cutouts, scaled by 1/255 inside the graph)
         self.input_type = str(inputs[0].type).removeprefix("tensor(").removesuffix(")")
+        #: what the graph's input holds: ``"float32"`` (preprocessed, 0..1), ``"uint8"`` or ``"flux"``
+        self.graph_input = metadata.preprocessing.get("graph_input", "float32")
         self._local = threading.local()
         batch_dim = inputs[0].shape[0] if inputs[0].shape else None
         #: a batch size fixed in the graph itself (None when the batch axis is dynamic)
@@ -130,8 +132,16 @@ class Model:
         """Preprocess stored cutouts (N×C×H×W) into the graph's input (NaN/inf → 0).
 
         float32 in 0..1 for the usual graphs; for a graph exported with ``--graph-input uint8``
-        the normalised uint8 cutouts themselves (float fluxes are percentile-normalised first).
+        the normalised uint8 cutouts themselves (float fluxes are percentile-normalised first);
+        for ``--graph-input flux`` the float32 fluxes as they are (uint8 cutouts are refused).
         """
+        if self.graph_input == "flux":  # the graph normalises fluxes itself
+            x = np.asarray(images)
+            if x.dtype == np.uint8:
+                raise InputError(f"{self.path}: this model takes raw fluxes (exported with --graph-input flux) and "
+                                 "normalises them itself; these cutouts are uint8, already normalised — scan them "
+                                 "with a model exported with --graph-input float32 or uint8")
+            return np.ascontiguousarray(x, dtype=np.float32)
         if self.input_type == "uint8":  # the graph divides by 255 itself: feed uint8 (a quarter of the bytes)
             x = np.asarray(images)
             if x.dtype != np.uint8:

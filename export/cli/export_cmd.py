@@ -33,8 +33,9 @@ def export(
     fp16: bool = typer.Option(False, "--fp16", help="Float16 weights and arithmetic (for GPU deployment)."),
     graph_input: str = typer.Option(
         "float32", "--graph-input", help="What the graph takes: float32 (cutouts preprocessed to 0..1, the "
-        "default) or uint8 (normalised uint8 cutouts, divided by 255 inside the graph: a quarter of the bytes to "
-        "a GPU, no CPU arithmetic; percentile-preprocessed classifiers)."),
+        "default), uint8 (normalised uint8 cutouts, divided by 255 inside the graph: a quarter of the bytes to "
+        "a GPU, no CPU arithmetic) or flux (float32 fluxes, per-band percentile normalisation inside the graph, "
+        "so a GPU does it); uint8 and flux are for percentile-preprocessed classifiers."),
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check onnxruntime vs torch before writing."),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Save onnxruntime's offline-optimised graph."),
     level: str = typer.Option("basic", "--level", help="Offline optimisation level: basic or extended."),
@@ -71,8 +72,8 @@ def export(
         raise InputError("--calibration is only used with --int8")
     if labels is not None and cutouts is None:
         raise InputError("--labels needs --cutouts (the labels are of those cutouts)")
-    if graph_input not in ("float32", "uint8"):
-        raise InputError(f"--graph-input: expected float32 or uint8, got {graph_input!r}")
+    if graph_input not in ("float32", "uint8", "flux"):
+        raise InputError(f"--graph-input: expected float32, uint8 or flux, got {graph_input!r}")
     if level not in ("basic", "extended"):
         raise InputError(f"--level: expected basic or extended, got {level!r}")
     existing_file(checkpoint, "checkpoint")
@@ -115,6 +116,11 @@ def _summary(path: Path, meta, props: dict) -> None:
 
     p = meta.parity
     say(f"wrote {path}  ({path.stat().st_size / 1e6:.2f} MB, {meta.precision}, {meta.architecture})")
+    graph_input = meta.preprocessing.get("graph_input")
+    if graph_input:
+        what = {"uint8": "normalised uint8 cutouts, /255 in the graph",
+                "flux": "float32 fluxes, percentile-normalised in the graph"}[graph_input]
+        say(f"input      {graph_input} ({what})")
     if not p.get("checked"):
         say("parity     not checked (--no-check)")
     else:
