@@ -103,3 +103,14 @@ def test_graph_input_refused_for_histogram_matching(tmp_path, cli):
     rc, out, err = cli("export", ckpt, "--out", tmp_path / "lf.onnx", "--graph-input", "uint8")
     assert rc != 0 and "percentile" in err and "Traceback" not in err
     assert not (tmp_path / "lf.onnx").exists()
+
+
+def test_bench_times_every_graph_input(exported, cli):
+    import json
+
+    rc, out, err = cli("bench", exported["float32"], exported["uint8"], exported["flux"], "--n", "64",
+                       "--repeats", "1", "--device", "cpu", "--json")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert [r["graph_input"] for r in rows] == ["float32", "uint8", "flux"]
+    assert all(r["session_per_s"] > 0 and r["end_to_end_per_s"] > 0 for r in rows)

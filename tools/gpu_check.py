@@ -54,35 +54,10 @@ def rp_of(logit: np.ndarray, labels: np.ndarray) -> float:
 
 def bare_rate(path: Path, device: str, batch: int, seconds: float) -> float:
     """Cutouts/s of the session alone: device-resident input and outputs (IOBinding)."""
-    import onnxruntime as ort
-
     from deepmine.inference.model import load_model
+    from deepmine.inference.throughput import session_rate
 
-    m = load_model(path, device=device)
-    c, h, w = m.input_shape
-    dtype = np.uint8 if m.input_type == "uint8" else np.float32
-    x = np.random.default_rng(0).integers(0, 256, (batch, c, h, w)).astype(dtype)
-    if dtype == np.float32:
-        x /= 255.0
-    if m.provider == "CUDAExecutionProvider":
-        value = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-        io = m.session.io_binding()
-        io.bind_ortvalue_input(m.input_name, value)
-        for name in m.output_names:
-            io.bind_output(name, "cuda", 0)
-
-        def once():
-            m.session.run_with_iobinding(io)
-    else:
-        def once():
-            m.session.run(m.output_names, {m.input_name: x})
-    for _ in range(3):
-        once()
-    runs, t0 = 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - t0 < seconds:
-        once()
-        runs += 1
-    return batch * runs / (time.perf_counter() - t0)
+    return session_rate(load_model(path, device=device), batch, seconds)
 
 
 def scan_rate(stack: Path, model: Path, device: str, batch: int, work: Path, threads=None) -> dict:
