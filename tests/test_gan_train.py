@@ -186,8 +186,12 @@ def test_bad_runs_are_refused(data, run, tmp_path):
         train_gan(recipe, pos, neg, run.out_dir)
     with pytest.raises(InputError, match="nothing to resume"):
         train_gan(recipe, pos, neg, tmp_path / "fresh", resume=True)
-    with pytest.raises(InputError, match="recipe differs"):
+    with pytest.raises(InputError, match="different recipe"):
         train_gan(load_gan_recipe("gan-tiny", dict(TINY, seed=5)), pos, neg, run.out_dir, resume=True)
+    other = tmp_path / "other.npy"
+    np.save(other, np.load(pos)[::-1])
+    with pytest.raises(InputError, match="different data files"):  # the trainer's resume check, shared
+        train_gan(recipe, other, neg, run.out_dir, resume=True)
     small = tmp_path / "small.npy"
     np.save(small, np.zeros((4, 3, 16, 16), np.uint8))
     with pytest.raises(InputError, match="model takes"):
