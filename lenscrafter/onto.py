@@ -63,6 +63,10 @@ ZERO_POINT_KEYS = ("MAGZERO", "MAGZPT", "ZEROPNT")
 PIXEL_SCALE_TOLERANCE = 0.05
 #: Cutouts painted per chunk.
 CHUNK = 1024
+#: ``unlensed=True`` (``--unlensed``): control negatives — a LensCrafter source painted beside each
+#: galaxy without lensing (θ_E = 0.01″), anywhere within ±3″ of it, unlensed g 21.5–24.5 (the
+#: default lens prior's sources, 23–26, brightened by a typical magnification of ~4).
+UNLENSED = {"theta_e": 0.01, "src_x": (-3.0, 3.0), "src_y": (-3.0, 3.0), "m_g_src": (21.5, 24.5)}
 
 
 class Deflectors:
@@ -281,7 +285,8 @@ def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, ga
 
 def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
                pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
-               overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, **paint_kwargs):
+               overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, unlensed: bool = False,
+               **paint_kwargs):
     """Paint LensCrafter arcs onto the cutouts of ``deflectors`` and write ``out`` and its table.
 
     Parameters (the checks are in the module docstring)
@@ -298,6 +303,9 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     dtype : ``"uint8"`` (percentile-normalised as the scanner does) or ``"float32"`` (flux)
     overwrite : replace existing outputs; ``inputs`` are further paths never written over
     progress : :class:`deepmine.inference.progress.Progress` (one stage, "painting arcs")
+    unlensed : paint control negatives instead of lenses (:data:`UNLENSED`): the same renderer,
+        PSF and photon noise, no lensing — a model trained with them as negatives cannot score
+        "LensCrafter light is present" as a lens (docs/benchmarks.md measured that it does otherwise)
     **paint_kwargs : passed to :func:`paint_arcs` (``follow_light``, ``m_g_src=(lo, hi)``...)
 
     Returns the parameter table (also written).
@@ -319,7 +327,13 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     d = read_deflectors(deflectors, bands=bands)
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
                                                     gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
-    te = THETA_E_DEFAULT if theta_e is None else tuple(theta_e)
+    if unlensed:
+        if theta_e is not None:
+            raise InputError("--theta-e does not apply with --unlensed (no lensing: theta_E = 0.01\")")
+        paint_kwargs = {**{k: v for k, v in UNLENSED.items() if k != "theta_e"}, **paint_kwargs}
+        te = UNLENSED["theta_e"]
+    else:
+        te = THETA_E_DEFAULT if theta_e is None else tuple(theta_e)
     need = d.n * len(BANDS) * d.size ** 2 * np.dtype(dtype).itemsize
     folder = out.parent if str(out.parent) else Path(".")
     import shutil
@@ -352,7 +366,7 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
         "deflectors": str(deflectors), "stack": out.name, "seed": int(seed), "size": d.size,
         "pixel_scale": scale, "bands": ",".join(BANDS), "bands_in_file": ",".join(d.bands_in_file),
         "zero_point": zp.tolist(), "gain_e_per_unit": eff_gain.tolist(), "psf": psf_desc,
-        "theta_e": list(te), "dtype": dtype,
+        "theta_e": list(np.atleast_1d(te)), "unlensed": bool(unlensed), "dtype": dtype,
         "normalisation": "percentile 0.5/99.5 per band (the scanner's)" if dtype == "uint8" else "none (flux)",
     })
     table.meta.get("paint", {}).pop("index_offset", None)

@@ -220,3 +220,34 @@ def test_onto_psf_fwhm_and_exptime(cli, real, tmp_path):
                      "--out", tmp_path / "k.npy")
     assert rc == 0, err
     assert Table.read(tmp_path / "k.ecsv").meta["psf"] == "kernel"
+
+
+def test_unlensed_control_negatives(cli, real, tmp_path):
+    """--unlensed paints a LensCrafter source beside each galaxy, not lensed (theta_E 0.01"): μ <= 1."""
+    _, cube = real
+    out = tmp_path / "u.npy"
+    rc, _, err = cli("craft", "--onto", cube, "--zero-point", 27, "--gain", 1000, "--unlensed", "--out", out)
+    assert rc == 0, err and "unlensed sources painted" in err
+    t = Table.read(out.with_suffix(".ecsv"))
+    assert t.meta["unlensed"] is True and np.all(t["theta_e"] == 0.01)
+    assert np.all((t["m_g_src"] >= 21.5) & (t["m_g_src"] <= 24.5))
+    rel = np.hypot(t["src_x"] - t["dfl_x"], t["src_y"] - t["dfl_y"])
+    assert rel.max() <= 3.0 * np.sqrt(2) and rel.max() > 0.5
+    # not magnified: at most the source's flux (less where its Sersic wings leave the cutout)
+    assert np.all((t["mu"] > 0.5) & (t["mu"] < 1.02))
+    rc, _, err = cli("craft", "--onto", cube, "--zero-point", 27, "--gain", 1000, "--unlensed", "--theta-e", "1,2",
+                     "--out", tmp_path / "v.npy")
+    _one_line(rc, err, "--theta-e does not apply with --unlensed")
+    rc, _, err = cli("craft", "--n", 2, "--unlensed", "--out", tmp_path / "w.npy")
+    _one_line(rc, err, "--unlensed applies to --onto only")
+
+
+def test_survey_recipe_pairs_painted_positives_with_real_negatives():
+    from deepmine.training.recipe import builtin_recipe_path, load_recipe
+
+    r = load_recipe("survey")
+    (main,) = r.phases
+    assert main["data"]["negatives_per_positive"] == 1 and main["data"]["shift"] > 0
+    assert main["extra_negatives"] and main["early_stop"]["restore_best"]
+    text = builtin_recipe_path("survey").read_text()
+    assert "craft --onto" in text and "--unlensed" in text

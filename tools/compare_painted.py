@@ -72,6 +72,21 @@ def _paint(galaxies, times, seed, offset=0):
     return np.concatenate(out)
 
 
+def _paint_unlensed(galaxies, times, seed, offset=0):
+    """Control negatives: LensCrafter sources painted *unlensed* beside the galaxies (θ_E = 0.01″,
+    source anywhere within ±3″, unlensed g 19.5–22.5 ≈ the arcs' lensed magnitudes): the same
+    renderer, PSF and photon noise as the arcs, without the lensing."""
+    from deepmine.lenscrafter import paint_arcs
+
+    rep = np.repeat(galaxies, times, axis=0)
+    out = []
+    for s in range(0, len(rep), 512):
+        p, _ = paint_arcs(rep[s:s + 512], seed=seed, index_offset=offset + s, theta_e=0.01, m_g_src=(19.5, 22.5),
+                          src_x=(-3.0, 3.0), src_y=(-3.0, 3.0), zero_point=27.0, gain=3.0)
+        out.append(p.astype(np.float32))
+    return np.concatenate(out)
+
+
 def _lenscrafter(n_pos, n_neg, seed):
     from deepmine.lenscrafter import craft_lenses, craft_negatives, offset_lenses, sample_lens_params
 
@@ -81,7 +96,8 @@ def _lenscrafter(n_pos, n_neg, seed):
     return pos, neg
 
 
-def make_data(work: Path, paints: int, n_random: int, test_paints: int, n_random_test: int, log=print) -> dict:
+def make_data(work: Path, paints: int, n_random: int, test_paints: int, n_random_test: int, control: bool = False,
+              log=print) -> dict:
     """Write the train and test stacks (uint8, normalised as scanning does) into ``work``."""
     info_path = work / "data.json"
     if info_path.exists():
@@ -108,6 +124,9 @@ def make_data(work: Path, paints: int, n_random: int, test_paints: int, n_random
     np.save(work / "test_painted.npy", _norm(_paint(gal[b], test_paints, seed=2, offset=10_000_000)))
     np.save(work / "test_galaxies.npy", _norm(gal[b]))
     np.save(work / "test_random.npy", _norm(_random_cutouts(img, n_random_test, half, w, rng)))
+    if control:
+        np.save(work / "unlensed_neg.npy", _norm(_paint_unlensed(gal[a], max(1, paints // 2), seed=3)))
+        np.save(work / "test_unlensed.npy", _norm(_paint_unlensed(gal[b], test_paints, seed=4, offset=10_000_000)))
     pos_t, neg_t = _lenscrafter(1000, 3000, seed=200)
     np.save(work / "test_lc_pos.npy", pos_t)
     np.save(work / "test_lc_neg.npy", neg_t)
@@ -126,12 +145,13 @@ def _run(cmd, log):
     return time.perf_counter() - t
 
 
-def train_and_export(work: Path, name: str, pos: str, neg: str, epochs: int, device: str, log=print) -> dict:
+def train_and_export(work: Path, name: str, pos: str, negs: list, epochs: int, device: str, log=print) -> dict:
     run, onnx = work / f"run_{name}", work / f"{name}.onnx"
     out = {}
     if not (run / "model.pt").exists():
-        out["train_s"] = _run(["deepmine", "train", "eznet", "survey", "--positives", work / pos, "--negatives",
-                               work / neg, "-o", run, "--device", device, "--set", f"epochs={epochs}",
+        neg_args = [x for n in negs for x in ("--negatives", work / n)]
+        out["train_s"] = _run(["deepmine", "train", "eznet", "survey", "--positives", work / pos, *neg_args,
+                               "-o", run, "--device", device, "--set", f"epochs={epochs}",
                                "--set", "schedule.milestones=[]", "--set", "early_stop.patience=0"], log)
     if not onnx.exists():
         _run(["deepmine", "export", run / "model.pt", "--out", onnx], log)
@@ -144,12 +164,16 @@ def evaluate(work: Path, name: str) -> dict:
 
     m = load_model(work / f"{name}.onnx", device="cpu")
     s = {k: m.predict(np.load(work / f"{k}.npy", mmap_mode="r"))[0]
-         for k in ("test_painted", "test_galaxies", "test_random", "test_lc_pos", "test_lc_neg")}
+         for k in ("test_painted", "test_galaxies", "test_random", "test_lc_pos", "test_lc_neg", "test_unlensed")
+         if (work / f"{k}.npy").exists()}
     real = np.concatenate([s["test_galaxies"], s["test_random"]])
     res = {}
     for label, lens, neg in (("painted_vs_galaxies", s["test_painted"], s["test_galaxies"]),
                              ("painted_vs_galaxies_and_random", s["test_painted"], real),
-                             ("lenscrafter_vs_lenscrafter", s["test_lc_pos"], s["test_lc_neg"])):
+                             ("lenscrafter_vs_lenscrafter", s["test_lc_pos"], s["test_lc_neg"]),
+                             ("painted_vs_unlensed_companions", s["test_painted"], s.get("test_unlensed"))):
+        if neg is None:
+            continue
         res[label] = {"rp": round(float(ranking_performance(lens, neg)), 4),
                       "above_99.5": round(float(fraction_above(lens, neg, 0.995)), 4),
                       "n_lenses": int(len(lens)), "n_negatives": int(len(neg))}
@@ -184,6 +208,10 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mosaic", type=Path, help="write only the painted mosaic (PNG) and stop")
+    ap.add_argument("--control", action="store_true", help="also make unlensed LensCrafter sources painted beside "
+                    "the galaxies: a test set, and the extra negatives of model painted_control")
+    ap.add_argument("--models", default="painted,lenscrafter", help="comma-separated: painted, lenscrafter, "
+                    "painted_control (needs --control)")
     args = ap.parse_args(argv)
     if args.mosaic:
         print(write_mosaic_png(args.mosaic))
@@ -191,11 +219,14 @@ def main(argv=None):
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DEEPMINE_NO_PROGRESS", "1")
     t0 = time.perf_counter()
-    data = make_data(args.work, args.paints, args.random, args.test_paints, args.test_random)
+    data = make_data(args.work, args.paints, args.random, args.test_paints, args.test_random, args.control)
     print(json.dumps(data))
     result = {"data": data, "epochs": args.epochs, "device": args.device, "recipe": "survey"}
-    for name, pos, neg in (("painted", "painted_pos.npy", "real_neg.npy"), ("lenscrafter", "lc_pos.npy", "lc_neg.npy")):
-        result[name] = train_and_export(args.work, name, pos, neg, args.epochs, args.device)
+    models = {"painted": ("painted_pos.npy", ["real_neg.npy"]), "lenscrafter": ("lc_pos.npy", ["lc_neg.npy"]),
+              "painted_control": ("painted_pos.npy", ["real_neg.npy", "unlensed_neg.npy"])}
+    for name in args.models.split(","):
+        pos, negs = models[name]
+        result[name] = train_and_export(args.work, name, pos, negs, args.epochs, args.device)
         result[name].update(evaluate(args.work, name))
         print(name, json.dumps(result[name]))
     result["wall_s"] = round(time.perf_counter() - t0, 1)

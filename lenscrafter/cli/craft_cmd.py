@@ -85,6 +85,9 @@ def craft(
                                            "one per band); default HSC-Wide seeing."),
     theta_e: Optional[str] = typer.Option(None, "--theta-e", help="--onto: θ_E prior MIN,MAX in arcsec "
                                           "(uniform; default 0.8,2.8)."),
+    unlensed: bool = typer.Option(False, "--unlensed", help="--onto: paint control negatives — a LensCrafter "
+                                  "source beside each galaxy (within 3\"), not lensed — to train with beside the "
+                                  "painted lenses."),
     bands: Optional[str] = typer.Option(None, "--bands", help="--onto: the cutouts' band order, e.g. g,r,i "
                                         "(default: the header's BANDS card, else i,r,g); output is i,r,g."),
     float_out: bool = typer.Option(False, "--float", help="Write float32 flux instead of the uint8 stack "
@@ -128,8 +131,10 @@ def craft(
                     no_noise=no_noise, no_psf=no_psf, psf=psf, size=size, pixel_scale=pixel_scale,
                     supersample=supersample, dtype=dtype, preview=preview, overwrite=overwrite,
                     zero_point=zero_point, gain=gain, exptime=exptime, psf_fwhm=psf_fwhm, theta_e=theta_e,
-                    bands=bands)
+                    bands=bands, unlensed=unlensed)
         return
+    if unlensed:
+        raise InputError("--unlensed applies to --onto only")
     for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime),
                      ("--psf-fwhm", psf_fwhm), ("--theta-e", theta_e), ("--bands", bands)):
         if val is not None:
@@ -276,7 +281,7 @@ def _floats(text: Optional[str], option: str, count=None):
 
 def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no_noise, no_psf, psf, size,
                 pixel_scale, supersample, dtype, preview, overwrite, zero_point, gain, exptime, psf_fwhm, theta_e,
-                bands) -> None:
+                bands, unlensed=False) -> None:
     import numpy as np
 
     from deepmine.inference.cli.common import progress_bar
@@ -298,9 +303,11 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
                            gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
                            psf=kern, psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
                            size=size, bands=bands, theta_e=te, seed=seed, dtype=dtype, overwrite=overwrite,
-                           inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample)
+                           inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample,
+                           unlensed=unlensed)
     s = table.meta["size"]
-    err_console.print(f"wrote {len(table)} painted lenses {out} ({dtype} {len(table)}×3×{s}×{s}) and "
+    what = "unlensed sources painted beside galaxies" if unlensed else "painted lenses"
+    err_console.print(f"wrote {len(table)} {what} {out} ({dtype} {len(table)}×3×{s}×{s}) and "
                       f"{out.with_suffix('.ecsv')}; median S/N g {np.median(table['snr_g']):.1f}")
 
 
