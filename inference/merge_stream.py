@@ -168,15 +168,17 @@ def _open_part(path: Path):
         part.close()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Part:
-    path: Path
+    """What the survey pass learnt of one part file (~250 bytes: remaps and kept lists are shared)."""
+
+    path: str
     n: int
     id_min: int
     id_max: int
     is_sorted: bool
     remap: np.ndarray  # the part's source index → global source index
-    kept: list
+    kept: tuple
 
 
 @dataclass
@@ -370,23 +372,29 @@ def _concat(pieces: list[dict], dtypes: dict) -> dict:
 def _survey(paths: list[Path]):
     parts, hist = [], np.zeros(_NBUCKETS, dtype=np.int64)
     sources: dict[str, int] = {}
-    kept: dict[str, list] = {}
+    kept: dict[str, set] = {}
     skipped: list[list[str]] = []
+    shared: dict = {}  # one remap array / kept tuple for all the parts that have the same
     for p in paths:
         with _open_part(p) as z:
             ids = z.get("id")
             logit = z.get("logit").astype(np.float32, copy=False)
             names = z.get("sources")
-            remap = np.array([sources.setdefault(str(s), len(sources)) for s in names], dtype=np.int32)
-            mine = [k for k in z.files if k.startswith("keep:")]
+            codes = tuple(sources.setdefault(str(s), len(sources)) for s in names)
+            remap = shared.get(("remap",) + codes)
+            if remap is None:
+                remap = shared[("remap",) + codes] = np.array(codes, dtype=np.int32)
+            mine = tuple(k for k in z.files if k.startswith("keep:"))
+            mine = shared.setdefault(("kept",) + mine, mine)
             for k in mine:
-                kept.setdefault(k[5:], []).append(z.dtype(k))
+                kept.setdefault(k[5:], set()).add(z.dtype(k))
             skipped.extend([list(r) for r in z.get("skipped")])
         n = int(ids.shape[0])
         if logit.shape[0] != n:
             raise _damaged(p, f"{n} ids but {logit.shape[0]} logits")
         is_sorted = bool(n < 2 or np.all(ids[1:] > ids[:-1]))
-        parts.append(_Part(p, n, int(ids.min()) if n else 0, int(ids.max()) if n else -1, is_sorted, remap, mine))
+        parts.append(_Part(str(p), n, int(ids.min()) if n else 0, int(ids.max()) if n else -1, is_sorted, remap,
+                           mine))
         lf = logit[np.isfinite(logit)]
         if lf.size:
             hist += np.bincount(_k().keys_u32(np.ascontiguousarray(lf)) >> _BUCKET_BITS, minlength=_NBUCKETS)
