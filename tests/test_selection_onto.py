@@ -155,3 +155,18 @@ def test_model_mismatch_and_options_without_onto_refused(cli, files, tmp_path):
     _one_line(rc, err, "holds 48×48 cutouts; the model takes 64×64")
     rc, _, err = cli("selection", "--gain", 3, "--out", tmp_path / "x.fits", "--dry-run")
     _one_line(rc, err, "--gain applies to --onto only")
+
+
+def test_onto_source_travels_to_workers(files):
+    """Distributed parts pickle the source (not its open memory map) and paint the same lenses."""
+    import pickle
+
+    src = prepare_onto(files / "dfl.fits")
+    grid = default_onto_grid(src, per_cell=2)
+    model = get_model(None, device="cpu")
+    copy = pickle.loads(pickle.dumps(src))
+    assert copy._open is None and copy.identity() == src.identity()
+    a, na = src.images_for_cells(grid, np.arange(10, 14), 2, seed=5, model=model)
+    b, nb = copy.images_for_cells(grid, np.arange(10, 14), 2, seed=5, model=model)
+    np.testing.assert_array_equal(na, nb)
+    np.testing.assert_array_equal(a, b)
