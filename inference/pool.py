@@ -84,10 +84,10 @@ class ReferencePool:
         from astropy.io import fits
 
         p = Path(path)
-        from .ranking_stream import is_parquet_source, pool_from_parquet
+        from .ranking_stream import is_parquet_source, sorted_scores_from_parquet
 
         if is_parquet_source(p):  # a scan catalogue of negatives (Parquet file or dataset), read in batches
-            return pool_from_parquet(p)
+            return cls(*sorted_scores_from_parquet(p))
         if not p.is_file():
             raise file_error(p, "reference pool not found")
         try:

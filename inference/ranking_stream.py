@@ -8,8 +8,9 @@ A survey-scale scan's catalogue is a partitioned Parquet dataset (``--format dat
   batch with the same exact integer counts as :func:`~deepmine.inference.ranking.ranking_performance`
   (memory: the tracers and one batch). RP, the fraction above the cut and the TRC follow
   (:class:`StreamedRanking`), equal bit for bit to the in-memory functions on the same scores.
-* :func:`pool_from_parquet` — the sorted pool of a dataset's scores (memory: the pool itself,
-  4 bytes a float32 logit; the rows are counted first, then read into one array sorted in place).
+* :func:`sorted_scores_from_parquet` — the sorted pool of a dataset's scores (memory: the pool
+  itself, 4 bytes a float32 logit; the rows are counted first, then read into one array sorted
+  in place). Batches come from :func:`deepmine.inference.scorefile.iter_scores`.
 
 Rows flagged as not ranked (``BLANK``, ``OFF_IMAGE``: null scores by design) are left out, as
 :func:`~deepmine.inference.scorefile.read_scores` leaves them out of a catalogue.
@@ -17,93 +18,15 @@ Rows flagged as not ranked (``BLANK``, ``OFF_IMAGE``: null scores by design) are
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, file_error, first_line
+from .errors import InputError, file_error
+from .scorefile import BATCH_ROWS, is_parquet_source, iter_scores
 
-__all__ = ["is_parquet_source", "iter_scores", "tracer_counts", "StreamedRanking", "pool_from_parquet",
+__all__ = ["is_parquet_source", "iter_scores", "tracer_counts", "StreamedRanking", "sorted_scores_from_parquet",
            "BATCH_ROWS"]
-
-BATCH_ROWS = 1 << 20
-
-
-def is_parquet_source(path: str | os.PathLike) -> bool:
-    """A Parquet file or a folder of Parquet files (a dataset)."""
-    p = Path(path)
-    return p.suffix.lower() == ".parquet" and p.is_file() or p.is_dir()
-
-
-def _dataset(path: Path):
-    import pyarrow.dataset as ds
-
-    from .catalog_dataset import dataset_files
-
-    try:
-        if path.is_dir():
-            files = dataset_files(path)
-            if not files:
-                raise file_error(path, "folder holds no Parquet files")
-            return ds.dataset([str(f) for f in files], format="parquet")
-        return ds.dataset(str(path), format="parquet")
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for bad files
-        raise file_error(path, f"not a readable Parquet catalogue ({first_line(exc)})") from None
-
-
-def _column(path: Path, names: list[str], column: str | None) -> str:
-    from .scorefile import SCORE_COLUMNS
-
-    if column is None:
-        column = next((c for c in SCORE_COLUMNS if c in names), None)
-        if column is None:
-            raise file_error(path, f"no score column (looked for {', '.join(SCORE_COLUMNS)}); pass --column")
-    elif column not in names:
-        raise file_error(path, f"no column {column!r}; columns are: {', '.join(names)}")
-    return column
-
-
-def iter_scores(path: str | os.PathLike, column: str | None = None, *, batch_rows: int = BATCH_ROWS,
-                check: bool = True) -> Iterator[np.ndarray]:
-    """Batches of the scores in a Parquet file or dataset folder (rows not ranked left out).
-
-    Raises
-    ------
-    InputError
-        Unreadable file, missing column, or (``check``) a NaN/inf score, naming the file and row.
-    """
-    from .blocks import FLAG_UNRANKED
-
-    p = Path(path)
-    data = _dataset(p)
-    col = _column(p, data.schema.names, column)
-    cols = [col] + (["flags"] if "flags" in data.schema.names else [])
-    seen = 0
-    try:
-        batches = data.to_batches(columns=cols, batch_size=int(batch_rows))
-        for batch in batches:
-            arr = batch.column(0).to_numpy(zero_copy_only=False)
-            if arr.dtype.kind not in "fiu":
-                raise file_error(p, f"column {col!r} is not numeric ({arr.dtype})")
-            if len(cols) == 2:
-                arr = arr[(batch.column(1).to_numpy(zero_copy_only=False) & FLAG_UNRANKED) == 0]
-            if check and arr.size:
-                bad = np.flatnonzero(~np.isfinite(arr))
-                if bad.size:
-                    raise file_error(p, f"score {seen + int(bad[0])} of column {col!r} is {arr[bad[0]]}; NaN, "
-                                     "null and inf scores cannot be ranked")
-            seen += arr.size
-            yield arr
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise file_error(p, f"not a readable Parquet catalogue ({first_line(exc)})") from None
-    if seen == 0:
-        raise file_error(p, "catalogue has no ranked rows")
 
 
 @dataclass
@@ -161,11 +84,12 @@ def tracer_counts(tracers, path: str | os.PathLike, column: str | None = None, *
     return StreamedRanking(t, less[inverse], eq[inverse], m)
 
 
-def pool_from_parquet(path: str | os.PathLike, column: str | None = None, *, batch_rows: int = BATCH_ROWS):
-    """The sorted scores of a Parquet file/dataset as a :class:`~deepmine.inference.pool.ReferencePool`
-    (provenance: the source, column and the model's scoring identity ``DM_SCID`` when recorded)."""
+def sorted_scores_from_parquet(path: str | os.PathLike, column: str | None = None, *,
+                               batch_rows: int = BATCH_ROWS) -> tuple[np.ndarray, dict]:
+    """The sorted scores of a Parquet file/dataset and their provenance (source, column, the
+    model's scoring identity ``DM_SCID`` when recorded): a reference pool's contents
+    (:meth:`deepmine.inference.pool.ReferencePool.load`). Memory: the scores, in one array."""
     from . import __version__
-    from .pool import ReferencePool
     from .scorefile import scoring_id_of
 
     n, dtype = 0, None
@@ -185,4 +109,4 @@ def pool_from_parquet(path: str | os.PathLike, column: str | None = None, *, bat
     sid = scoring_id_of(path)
     if sid:
         prov["scoring_id"] = sid
-    return ReferencePool(scores, prov)
+    return scores, prov

@@ -1,7 +1,9 @@
-"""Read a column of scores from a ``.npy`` array or a catalogue (FITS binary table, ECSV, Parquet)."""
+"""Read a column of scores from a ``.npy`` array or a catalogue (FITS binary table, ECSV, Parquet),
+or a batch at a time from a Parquet file or dataset folder (:func:`iter_scores`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ from .errors import InputError, file_error, first_line
 from .formats import is_fits, load_npy
 
 SCORE_COLUMNS = ("logit", "score", "probability")
+#: Rows a batch of :func:`iter_scores`.
+BATCH_ROWS = 1 << 20
 
 
 def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarray:
@@ -30,8 +34,6 @@ def read_scores(path: str | os.PathLike, column: str | None = None) -> np.ndarra
     """
     p = Path(path)
     if p.is_dir():  # a Parquet dataset folder (deepmine scan --format dataset), read a batch at a time
-        from .ranking_stream import iter_scores
-
         return np.concatenate(list(iter_scores(p, column, check=False)))
     if not p.is_file():
         raise file_error(p, "file not found")
@@ -135,3 +137,76 @@ def scoring_id_of(path: str | os.PathLike) -> str | None:
     except Exception:  # noqa: BLE001 - an unreadable header records nothing; read_scores reports bad files
         return None
     return None
+
+
+def is_parquet_source(path: str | os.PathLike) -> bool:
+    """A Parquet file or a folder of Parquet files (a dataset)."""
+    p = Path(path)
+    return p.suffix.lower() == ".parquet" and p.is_file() or p.is_dir()
+
+
+def _dataset(path: Path):
+    import pyarrow.dataset as ds
+
+    from .catalog_dataset import dataset_files
+
+    try:
+        if path.is_dir():
+            files = dataset_files(path)
+            if not files:
+                raise file_error(path, "folder holds no Parquet files")
+            return ds.dataset([str(f) for f in files], format="parquet")
+        return ds.dataset(str(path), format="parquet")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for bad files
+        raise file_error(path, f"not a readable Parquet catalogue ({first_line(exc)})") from None
+
+
+def _column(path: Path, names: list[str], column: str | None) -> str:
+    if column is None:
+        column = next((c for c in SCORE_COLUMNS if c in names), None)
+        if column is None:
+            raise file_error(path, f"no score column (looked for {', '.join(SCORE_COLUMNS)}); pass --column")
+    elif column not in names:
+        raise file_error(path, f"no column {column!r}; columns are: {', '.join(names)}")
+    return column
+
+
+def iter_scores(path: str | os.PathLike, column: str | None = None, *, batch_rows: int = BATCH_ROWS,
+                check: bool = True) -> Iterator[np.ndarray]:
+    """Batches of the scores in a Parquet file or dataset folder (rows not ranked left out).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, missing column, or (``check``) a NaN/inf score, naming the file and row.
+    """
+    from .blocks import FLAG_UNRANKED
+
+    p = Path(path)
+    data = _dataset(p)
+    col = _column(p, data.schema.names, column)
+    cols = [col] + (["flags"] if "flags" in data.schema.names else [])
+    seen = 0
+    try:
+        batches = data.to_batches(columns=cols, batch_size=int(batch_rows))
+        for batch in batches:
+            arr = batch.column(0).to_numpy(zero_copy_only=False)
+            if arr.dtype.kind not in "fiu":
+                raise file_error(p, f"column {col!r} is not numeric ({arr.dtype})")
+            if len(cols) == 2:
+                arr = arr[(batch.column(1).to_numpy(zero_copy_only=False) & FLAG_UNRANKED) == 0]
+            if check and arr.size:
+                bad = np.flatnonzero(~np.isfinite(arr))
+                if bad.size:
+                    raise file_error(p, f"score {seen + int(bad[0])} of column {col!r} is {arr[bad[0]]}; NaN, "
+                                     "null and inf scores cannot be ranked")
+            seen += arr.size
+            yield arr
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise file_error(p, f"not a readable Parquet catalogue ({first_line(exc)})") from None
+    if seen == 0:
+        raise file_error(p, "catalogue has no ranked rows")

@@ -11,7 +11,7 @@ from deepmine.inference.errors import InputError
 from deepmine.inference.merge_stream import stream_merge
 from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import fraction_above, ranking_performance, tracer_recovery_curve
-from deepmine.inference.ranking_stream import iter_scores, pool_from_parquet, tracer_counts
+from deepmine.inference.ranking_stream import iter_scores, sorted_scores_from_parquet, tracer_counts
 
 pytest.importorskip("pyarrow")
 
@@ -72,7 +72,7 @@ def test_reference_pool_from_a_dataset(catalogue):
     pool = ReferencePool.load(d / "neg_parquet")
     assert pool.scores.dtype == np.float32
     np.testing.assert_array_equal(pool.scores, np.sort(neg))
-    np.testing.assert_array_equal(pool_from_parquet(d / "neg.parquet", batch_rows=999).scores, pool.scores)
+    np.testing.assert_array_equal(sorted_scores_from_parquet(d / "neg.parquet", batch_rows=999)[0], pool.scores)
     assert pool.provenance["scoring_id"] == "sha256:abc"
 
 

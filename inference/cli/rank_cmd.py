@@ -41,7 +41,7 @@ def rank(
     from ..formats import check_plot_path, is_fits
     from ..pool import POOL_MARKER, ReferencePool
     from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
-    from ..ranking_stream import is_parquet_source, pool_from_parquet, tracer_counts
+    from ..ranking_stream import is_parquet_source, sorted_scores_from_parquet, tracer_counts
     from ..scorefile import checked_scores, scoring_id_of
 
     streamed = is_parquet_source(scores)
@@ -62,7 +62,7 @@ def rank(
         counted = tracer_counts(tr, scores, column)
         _report(counted.ranking_performance(), counted.fraction_above(cut), cut, tr.shape[0], counted.n_negatives,
                 as_json, plot=plot, curve=counted.curve, tracers=tracers, scores=scores,
-                pool=(lambda: pool_from_parquet(scores, column)) if save_pool is not None else None,
+                pool=(lambda: ReferencePool(*sorted_scores_from_parquet(scores, column))) if save_pool is not None else None,
                 save_pool=save_pool)
         return
     if is_fits(scores):
