@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+import warnings as warnings_module
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,11 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, file_error
+from .layout import InputLayout
 from .pictures import picture_format
 from .progress import stage
 from .top_list import DEFAULT_TOP_FRACTION, mosaic_of, select_top, write_top
 
-__all__ = ["scan", "ScanResult", "select_top", "mosaic_of", "parts_dir"]
+__all__ = ["scan", "ScanResult", "InputLayout", "select_top", "mosaic_of", "parts_dir"]
 
 
 
@@ -178,6 +180,12 @@ def scan(
     keep_going: bool = False,
     progress=None,
     formats: list[str] | None = None,
+    layout: InputLayout | None = None,
+    executor: Callable | None = None,
+    stretch: str = "percentile",
+    overwrite: bool = False,
+    allow_modified_model: bool = False,
+    memory_budget=None,
     catalog: str | os.PathLike | None = None,
     ra_col: str | None = None,
     dec_col: str | None = None,
@@ -185,14 +193,9 @@ def scan(
     y_col: str | None = None,
     tile: int | None = None,
     stride: int | None = None,
-    executor: Callable | None = None,
-    stretch: str = "percentile",
-    check_pixel_scale: bool = True,
-    overwrite: bool = False,
-    allow_modified_model: bool = False,
+    check_pixel_scale: bool | None = None,
     keep_columns: list[str] | None = None,
-    frame: str = "icrs",
-    memory_budget=None,
+    frame: str | None = None,
 ) -> ScanResult:
     """Scan ``inputs`` with the classifier ``model_path`` and write the catalogue to ``out``.
 
@@ -214,18 +217,19 @@ def scan(
     progress : a :class:`~deepmine.inference.progress.Progress` (one stage, ``"scanning"``, in
         cutouts) or None for none
     formats : catalogue formats (default fits, ecsv, and parquet with pyarrow)
-    catalog, ra_col, dec_col, x_col, y_col : survey scan around catalogued sources
-    tile, stride : sliding-tile scan of survey images
+    layout : :class:`~deepmine.inference.layout.InputLayout`, optional
+        How the inputs are read: stacks/cubes/cutout folders (default), survey images with a
+        source catalogue (``catalog``, its columns, ``keep_columns``, ``frame``), or sliding
+        tiles (``tile``, ``stride``); and ``check_pixel_scale``. Combinations are checked when
+        it is built.
     executor : where shards run (see the module docstring); None runs them here
     stretch : mosaic stretch (``"percentile"`` or ``"asinh"``)
-    check_pixel_scale : refuse inputs whose WCS pixel scale is more than 5 % off the model's
-        (False: scan them anyway; see :mod:`deepmine.inference.readers`)
     overwrite : replace existing outputs (catalogues, ``_top.ecsv``, mosaic); never an input
     allow_modified_model : scan with a model whose stored content hash does not verify (the
         catalogue records the mismatch in ``DM_WARN``)
-    keep_columns : source-catalogue columns copied into the candidate catalogue (survey scans;
-        None: the id/name-like ones, ``[]``: none; :mod:`deepmine.inference.sourcecat`)
-    frame : astropy frame of the source catalogue's RA/Dec (default ``icrs``)
+    catalog, ra_col, dec_col, x_col, y_col, tile, stride, check_pixel_scale, keep_columns, frame :
+        Deprecated: the fields of ``layout`` as loose keywords (a ``DeprecationWarning``; not
+        together with ``layout``).
     memory_budget : bytes (or ``"2G"``) the merge may hold (default 2 GB). A catalogue over it,
         or asked for as a Parquet dataset / HATS (``formats``), is merged as a stream
         (:mod:`deepmine.inference.catalog_stream`): the same rows and values, written a block at a
@@ -246,13 +250,24 @@ def scan(
     from .shards import merge_parts, plan_shards, run_shard, shard_done
 
     t0 = time.perf_counter()
+    legacy, given = InputLayout.from_options(
+        catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col, tile=tile, stride=stride,
+        check_pixel_scale=check_pixel_scale, keep_columns=keep_columns, frame=frame)  # fmt: skip
+    if given:
+        if layout is not None:
+            raise InputError("scan: give the input layout as layout=InputLayout(...) or as keywords, not both")
+        warnings_module.warn("scan(catalog=, ra_col=, ..., tile=, stride=, frame=, ...): pass "
+                             "layout=deepmine.inference.layout.InputLayout(...) instead", DeprecationWarning,
+                             stacklevel=2)  # fmt: skip
+    layout = layout if layout is not None else legacy
+    check_pixel_scale = layout.check_pixel_scale
     budget = parse_budget(DEFAULT_BUDGET if memory_budget is None else memory_budget)
     fmts = parse_formats(None) if formats is None else formats
     out_paths = catalog_paths(out, fmts)
     first = catalog_paths(out, ["fits"])["fits"]  # <stem>.fits: names the top list and the parts folder
     top_out = first.with_name(first.stem + "_top.ecsv") if (top is not None or mosaic is not None) else None
     read = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-    read += [catalog, resolve_model_path(model_path), None if isinstance(reference, ReferencePool) else reference]
+    read += [layout.catalog, resolve_model_path(model_path), None if isinstance(reference, ReferencePool) else reference]
     folders = [out_paths[f] for f in FOLDER_FORMATS if f in out_paths]
     check_outputs(list(out_paths.values()) + [top_out, mosaic], read, overwrite, folders=folders)
     picture_format(mosaic, "--mosaic", raster=True)
@@ -271,9 +286,7 @@ def scan(
     b = model.batch_size(batch_size)
     if shard_size is None:
         shard_size = 16 * b
-    specs, skipped = resolve_inputs(inputs, model.metadata, catalog=catalog, ra_col=ra_col, dec_col=dec_col,
-                                    x_col=x_col, y_col=y_col, tile=tile, stride=stride, keep_going=keep_going,
-                                    check_pixel_scale=check_pixel_scale, keep_columns=keep_columns, frame=frame)
+    specs, skipped = resolve_inputs(inputs, model.metadata, keep_going=keep_going, **layout.reader_options())
     if not specs:
         raise InputError("INPUT: nothing to scan (every input was skipped: "
                          + "; ".join(r for _, r in skipped) + ")")

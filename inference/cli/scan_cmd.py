@@ -75,12 +75,16 @@ def scan(
     """
     from ..catalog import parse_formats
     from ..errors import InputError
+    from ..layout import InputLayout
     from ..mosaic import STRETCHES
     from ..scanner import scan as run_scan
 
     top_value = parse_fraction_or_count(top, "--top") if top is not None else None
     if stretch not in STRETCHES:
         raise InputError(f"--stretch: expected one of {', '.join(STRETCHES)}, got {stretch!r}")
+    layout = InputLayout(catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col, y_col=y_col,
+                         keep_columns=keep_columns, frame=frame, tile=tile, stride=stride,
+                         check_pixel_scale=not accept_pixel_scale)  # fmt: skip
 
     run = cli_cluster(cluster, workers, threads, cluster_opt, model=model, device=device)
     with progress_bar() as bar:
@@ -88,11 +92,8 @@ def scan(
             [str(p) for p in inputs], model, out, batch_size=batch_size, threads=run.threads, device=device,
             shard_size=shard_size, resume=resume, reference=reference, top=top_value, mosaic=mosaic,
             keep_going=keep_going, progress=bar,
-            formats=parse_formats(formats), catalog=catalog, ra_col=ra_col, dec_col=dec_col, x_col=x_col,
-            y_col=y_col, tile=tile, stride=stride, stretch=stretch, executor=run.executor,
-            check_pixel_scale=not accept_pixel_scale, overwrite=overwrite,
-            allow_modified_model=allow_modified_model, keep_columns=keep_columns, frame=frame,
-            memory_budget=memory_budget,
+            formats=parse_formats(formats), layout=layout, stretch=stretch, executor=run.executor,
+            overwrite=overwrite, allow_modified_model=allow_modified_model, memory_budget=memory_budget,
         )
     err_console.print(
         f"scanned {result.n_objects:,} objects in {result.seconds:.1f} s ({result.rate:,.0f}/s) on {result.provider}"
