@@ -64,10 +64,11 @@ class _TopRows:
         self.rows: dict | None = None
         self.n_unranked = 0
 
-    def __call__(self, block: dict) -> None:
+    def __call__(self, block: dict, counted: bool = False) -> None:
         flags = np.asarray(block["flags"])
         unranked = (flags & self.unranked_flag) != 0
-        self.n_unranked += int(np.count_nonzero(unranked))
+        if not counted:  # (rows a parallel task already counted come back with counted=True)
+            self.n_unranked += int(np.count_nonzero(unranked))
         if self.top is None:
             return
         logit = np.asarray(block["logit"], dtype=np.float64)
@@ -98,11 +99,63 @@ class _TopRows:
         return t
 
 
+def write_chunk(item) -> tuple:
+    """Task of a parallel output pass: write one chunk of a streamed merge as one file of the
+    dataset. ``item`` = (chunk, file path, schema template, row-group rows, top, rank column).
+    Returns (rows, rows not ranked, the chunk's top-candidate rows or None)."""
+    from .catalog_dataset import ParquetFileWriter, arrow_schema
+
+    chunk, path, template, rg, top, column = item
+    keep = _TopRows(top, column, chunk.sources)
+    writer = ParquetFileWriter(path, arrow_schema(template), chunk.sources, rg)
+    ok = False
+    try:
+        for block in chunk.blocks(0, source_codes=True):
+            writer.write(block)
+            keep(block)
+        ok = True
+    finally:
+        writer.close(ok)
+    return writer.rows, keep.n_unranked, keep.rows
+
+
+def _write_parallel(m, template, paths: dict, executor, keep: _TopRows, rows_per_file: int) -> None:
+    """The output pass as tasks: every chunk of ~``rows_per_file`` rows written by ``executor``
+    (``executor(fn, items)`` yields ``(item, result or exception)``, the scanner's hook) into the
+    dataset's temporary folder; HATS, if asked for, is then built from the dataset."""
+    import pyarrow.parquet as pq
+
+    from .catalog_dataset import arrow_schema, atomic_dir, write_hats
+
+    schema = arrow_schema(template)
+    with atomic_dir(paths["dataset"]) as tmp:
+        chunks = m.chunks(rows_per_file)
+        items = [(c, tmp / f"part-{k:05d}.parquet", template[:0], m.block_rows, keep.top, keep.column)
+                 for k, c in enumerate(chunks)]
+        got = {}
+        for item, res in executor(write_chunk, items):
+            if isinstance(res, BaseException):
+                raise res
+            got[str(item[1])] = res
+        for item in items:  # in id order, as a serial pass would see them
+            rows, unranked, top_rows = got[str(item[1])]
+            keep.n_unranked += unranked
+            if top_rows is not None:
+                keep(top_rows, counted=True)
+        pq.write_metadata(schema, tmp / "_common_metadata")
+    if "hats" in paths:
+        write_hats(paths["dataset"], paths["hats"])
+
+
 def write_streamed(parts, paths: dict, meta: dict, *, reference=None, budget, work_dir: str | os.PathLike,
-                   top=None) -> StreamedCatalog:
+                   top=None, executor=None, rows_per_file: int | None = None) -> StreamedCatalog:
     """Merge ``parts`` a block at a time into ``paths`` (format → output), with ``meta`` as the
-    provenance; return the rows, skipped files and the top-candidate rows (with ``spec_index``)."""
-    from .catalog_dataset import write_blocks
+    provenance; return the rows, skipped files and the top-candidate rows (with ``spec_index``).
+
+    With ``executor`` (the Dask backend's hook) and a ``dataset`` output (no single ``parquet``
+    file), the output pass runs as tasks, one file of the dataset each: the client only reads
+    ``id`` and ``logit`` (survey and rank passes) and the top candidates the tasks return."""
+    from .catalog_dataset import ROWS_PER_FILE, write_blocks
     from .merge_stream import stream_merge
 
     with stream_merge(parts, reference=reference, budget=budget, work_dir=work_dir, with_spec_index=True) as m:
@@ -114,8 +167,12 @@ def write_streamed(parts, paths: dict, meta: dict, *, reference=None, budget, wo
         template.meta["DM_SKIP"] = [list(s) for s in template.meta["DM_SKIP"]]
         column = "ordinality_ref" if "ordinality_ref" in m.dtypes else "ordinality"
         keep = _TopRows(top, column, m.sources)
-        write_blocks(m.blocks(0, source_codes=True), template, {k: Path(v) for k, v in paths.items()},
-                     on_block=keep, sources=m.sources, row_group_rows=m.block_rows)
+        outs = {k: Path(v) for k, v in paths.items()}
+        if executor is not None and "dataset" in outs and "parquet" not in outs:
+            _write_parallel(m, template, outs, executor, keep, rows_per_file or ROWS_PER_FILE)
+        else:
+            write_blocks(m.blocks(0, source_codes=True), template, outs, on_block=keep, sources=m.sources,
+                         row_group_rows=m.block_rows)
         full = m.template()
         full.meta.update(template.meta)
         return StreamedCatalog(m.n_rows, keep.n_unranked, template.meta["DM_SKIP"],

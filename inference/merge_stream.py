@@ -34,9 +34,7 @@ range). With the default 2 GB budget, one range holds about 10^8 keys.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, file_error
+from .errors import InputError
+from .part_files import damaged as _damaged
+from .part_files import open_part as _open_part
 
 __all__ = ["stream_merge", "StreamedMerge", "DEFAULT_BUDGET", "parse_budget"]
 
@@ -100,74 +100,6 @@ def _k():
 # --------------------------------------------------------------------------------------
 # parts
 # --------------------------------------------------------------------------------------
-def _damaged(path, exc) -> InputError:
-    return file_error(path, f"damaged part file ({exc}); delete it and its .done marker, then --resume")
-
-
-class _PartFile:
-    """An open part file (an uncompressed ``.npz``): members read straight from their offset in
-    the zip with one ``numpy.fromfile`` each (no zipfile read loop, no CRC pass: a truncated
-    member is still caught by its length); compressed members through numpy's reader."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.z = np.load(path, allow_pickle=False)
-            self.fh = open(path, "rb")  # noqa: SIM115 - closed in close()
-        except Exception as exc:  # noqa: BLE001 - zip/npy errors of a damaged part
-            raise _damaged(path, exc) from None
-        self.files = self.z.files
-
-    def close(self) -> None:
-        self.fh.close()
-        self.z.close()
-
-    def _header(self, name: str):
-        import zipfile
-
-        info = self.z.zip.getinfo(name + ".npy")
-        if info.compress_type != zipfile.ZIP_STORED:
-            return None
-        self.fh.seek(info.header_offset)
-        local = self.fh.read(30)
-        n_name, n_extra = struct.unpack("<HH", local[26:30])
-        self.fh.seek(info.header_offset + 30 + n_name + n_extra)
-        version = np.lib.format.read_magic(self.fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        return read(self.fh)
-
-    def get(self, name: str) -> np.ndarray:
-        try:
-            head = self._header(name)
-            if head is None or head[1] or head[2].hasobject:
-                return self.z[name]
-            shape, _, dtype = head
-            count = int(np.prod(shape))
-            arr = np.fromfile(self.fh, dtype=dtype, count=count)
-            if arr.size != count:
-                raise ValueError(f"member {name!r} truncated")
-            return arr.reshape(shape)
-        except Exception as exc:  # noqa: BLE001
-            raise _damaged(self.path, exc) from None
-
-    def dtype(self, name: str) -> np.dtype:
-        """dtype of a member from its header, without reading its data."""
-        try:
-            head = self._header(name)
-            return self.z[name].dtype if head is None else head[2]
-        except Exception as exc:  # noqa: BLE001
-            raise _damaged(self.path, exc) from None
-
-
-@contextlib.contextmanager
-def _open_part(path: Path):
-    part = _PartFile(path)
-    try:
-        yield part
-    finally:
-        part.close()
-
-
 @dataclass(slots=True)
 class _Part:
     """What the survey pass learnt of one part file (~250 bytes: remaps and kept lists are shared)."""
@@ -210,6 +142,7 @@ class StreamedMerge:
     _pool: object = field(repr=False, default=None)
     _sources: np.ndarray | None = field(repr=False, default=None)
     _kept: list = field(repr=False, default_factory=list)
+    _offsets: np.ndarray | None = field(repr=False, default=None)  # a chunk's first value in each spill file
 
     def __enter__(self) -> StreamedMerge:
         return self
@@ -251,8 +184,9 @@ class StreamedMerge:
         handles = {}
         dtypes = dict(self.dtypes, source=np.dtype(np.int32)) if source_codes else self.dtypes
         try:
-            for r in self.ranges:
+            for i, r in enumerate(self.ranges):
                 handles[id(r)] = open(r.spill, "rb")  # noqa: SIM115 - closed below
+                handles[id(r)].seek(8 * int(self._offsets[i]) if self._offsets is not None else 0)
             pending, rows = [], 0
             for unit in self._units:
                 block = self._unit_block(unit, handles, source_codes)
@@ -274,6 +208,44 @@ class StreamedMerge:
         finally:
             for fh in handles.values():
                 fh.close()
+
+    # -- chunks: the output pass cut into pieces that other processes can write -----------
+    def chunks(self, rows: int) -> list[StreamedMerge]:
+        """The merge cut into consecutive chunks of about ``rows`` rows (whole part files), each a
+        picklable :class:`StreamedMerge` whose :meth:`blocks` give just its rows — with their
+        exact ordinality, read from the shared spill files at the chunk's offsets. For writing the
+        output pass in parallel (Dask workers on the shared filesystem); reads the logits once."""
+        import dataclasses
+
+        counts = self._unit_counts()
+        cuts, acc = [0], 0
+        for u, unit in enumerate(self._units):
+            acc += sum(self._parts[i].n for i in unit)
+            if acc >= rows and u + 1 < len(self._units):
+                cuts.append(u + 1)
+                acc = 0
+        cuts.append(len(self._units))
+        out = []
+        for a, b in zip(cuts, cuts[1:]):
+            mine = sorted({i for unit in self._units[a:b] for i in unit})
+            where = {i: k for k, i in enumerate(mine)}
+            out.append(dataclasses.replace(
+                self, _parts=[self._parts[i] for i in mine], _units=[[where[i] for i in u] for u in self._units[a:b]],
+                _offsets=counts[:a].sum(axis=0) if a else np.zeros(len(self.ranges), np.int64)))
+        return out
+
+    def _unit_counts(self) -> np.ndarray:
+        """Ranked rows of every unit in every rank range (units × ranges)."""
+        from .merge_ranks import BUCKET_BITS
+
+        counts = np.zeros((len(self._units), max(1, len(self.ranges))), dtype=np.int64)
+        if len(self.ranges) <= 1:
+            for u, keys in enumerate(self._logit_stream(keys=False)):
+                counts[u, 0] = keys
+            return counts
+        for u, keys in enumerate(self._logit_stream()):
+            counts[u] = np.bincount(self._range_of[keys >> BUCKET_BITS], minlength=len(self.ranges))
+        return counts
 
     # -- one unit (a part, or parts whose id ranges overlap) in id order -----------------
     def _read_unit(self, unit: list[int], names, *, kept: bool = False) -> dict:
@@ -349,11 +321,12 @@ class StreamedMerge:
             out["spec_index"] = d["spec_index"]
         return out
 
-    def _logit_stream(self) -> Iterator[np.ndarray]:
-        """Keys of the finite logits, unit by unit, in stream order."""
+    def _logit_stream(self, keys: bool = True) -> Iterator:
+        """Keys of the finite logits, unit by unit, in stream order (``keys=False``: their number)."""
         for unit in self._units:
             logit = self._read_unit(unit, ["logit"])["logit"].astype(np.float32, copy=False)
-            yield _k().keys_u32(np.ascontiguousarray(logit[np.isfinite(logit)]))
+            finite = np.isfinite(logit)
+            yield _k().keys_u32(np.ascontiguousarray(logit[finite])) if keys else int(np.count_nonzero(finite))
 
 
 def _fill(n: int, dt: np.dtype) -> np.ndarray:

@@ -329,7 +329,8 @@ def scan(
         return _finish_streamed(
             parts, out_paths, top_out, model=model, pool=pool, reference=reference, warnings=warnings, specs=specs,
             b=b, threads=threads, skipped=skipped, top=top, mosaic=mosaic, budget=budget, folder=folder, t0=t0,
-            total=total, shards=shards, n_resumed=n_resumed, check_pixel_scale=check_pixel_scale, stretch=stretch)
+            total=total, shards=shards, n_resumed=n_resumed, check_pixel_scale=check_pixel_scale, stretch=stretch,
+            executor=executor)
     table = merge_parts(parts, reference=pool, with_spec_index=True)
     seen = set()
     for item in list(table.meta.pop("skipped", [])) + [list(s) for s in skipped]:
@@ -427,7 +428,7 @@ def _finish_streamed(parts, out_paths: dict, top_out, **v) -> ScanResult:
     if want_top and top is None:
         top = DEFAULT_TOP_FRACTION
     got = write_streamed(parts, out_paths, meta, reference=pool, budget=v["budget"], work_dir=v["folder"],
-                         top=top if want_top else None)
+                         top=top if want_top else None, executor=v["executor"])
     seconds = time.perf_counter() - v["t0"]
     total = v["total"]
     result = ScanResult(catalog=next(iter(out_paths.values())), catalogs=dict(out_paths), n_objects=got.n_rows,
