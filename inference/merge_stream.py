@@ -30,7 +30,8 @@ order-preserving 32-bit integer keys (−0.0 tied with +0.0, as in
 
 Disk: the spill files (8 bytes a ranked row) until the merge is closed. Reads: ``id`` and
 ``logit`` once more than the catalogue itself, ``logit`` once per range (twice for a dense
-range). With the default 2 GB budget, one range holds about 10^8 keys.
+range). With the default 2 GB budget, one sorted range holds about 7×10^7 keys. A reference
+pool's scores (4 or 8 bytes each) are held in memory and counted in the budget.
 """
 from __future__ import annotations
 
@@ -441,7 +442,7 @@ def stream_merge(parts: Iterable[str | os.PathLike], *, reference=None, budget=D
     if block_rows is None:
         block_rows = int(min(2**20, max(4096, out_share // (4 * row_bytes))))
     largest = max((sum(plist[i].n for i in u) for u in units), default=0)
-    share = budget - RESERVE - 4 * row_bytes * (block_rows + largest)
+    share = budget - RESERVE - 4 * row_bytes * (block_rows + largest) - (pool.scores.nbytes if pool is not None else 0)
     if share < 64 * _DENSE_BYTES:
         raise InputError(f"--memory-budget: {budget / 1e9:g} GB is too small for blocks of {block_rows:,} rows "
                          f"and part files of up to {largest:,} rows; give more, or use a smaller --shard-size")
