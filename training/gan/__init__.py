@@ -81,7 +81,7 @@ from .ablation import ABLATION_SETS, augmentation_ablation
 from .loop import GanResult, train_gan
 from .networks import GanNetworks, translate
 from .outputs import sample_grid
-from .recipe import GAN_DEFAULTS, GanRecipe, load_gan_recipe
+from .recipe import BUILTIN, GAN_DEFAULTS, START_MODES, GanRecipe, load_gan_recipe
 
 __all__ = ["GAN_DEFAULTS", "GanRecipe", "GanResult", "load_gan_recipe", "train_gan", "sample_grid",
-           "augmentation_ablation", "ABLATION_SETS", "GanNetworks", "translate"]
+           "augmentation_ablation", "ABLATION_SETS", "GanNetworks", "translate", "BUILTIN", "START_MODES"]
