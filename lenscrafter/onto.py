@@ -8,7 +8,10 @@ its parameter table, as ``deepmine craft`` does for whole synthetic scenes.
 **Inputs** (:func:`read_deflectors`): a FITS cube N×C×H×W (or a ``.npy`` stack), read by
 :func:`deepmine.inference.formats.open_stack` (memory-mapped), or a directory of FITS cutouts
 C×H×W (every ``*.fits``/``*.fits.gz``/... file, sorted by name, as the scanner reads such a
-directory). C = 3 bands.
+directory). C = 3 bands. Or three survey images (one per band) and a source catalogue
+(``catalog=``; ``--onto i.fits --onto r.fits --onto g.fits --catalog lrgs.ecsv``): cutouts cut
+around the sources exactly as ``deepmine scan`` cuts them (:mod:`deepmine.lenscrafter.onto_survey`;
+each image's header gives its band's zero point and gain).
 
 **What is checked** (each refusal is one line naming the file and the option):
 
@@ -82,6 +85,7 @@ class Deflectors:
         self.order = [self.bands_in_file.index(b) for b in BANDS]
         self.n = len(files) if files is not None else arr.shape[0]
         self.size = int(self._first_shape()[-1])
+        self.band_headers = [header] * len(BANDS)
 
     def _first_shape(self):
         return self._arr.shape if self.files is None else _read_cutout(self.files[0]).shape
@@ -168,12 +172,26 @@ def _parse_bands(text) -> tuple[str, ...]:
     return tuple(_band_name(b) for b in items if str(b).strip())
 
 
-def read_deflectors(path, *, bands=None) -> Deflectors:
+def read_deflectors(path, *, bands=None, catalog=None, size=None, pixel_scale=None, **columns) -> Deflectors:
     """Open DEFLECTORS (FITS cube, ``.npy`` stack or directory of FITS cutouts) and check its bands.
 
     ``bands``: the file's channel order (a sequence or ``"g,r,i"``); default the header's, else
-    i, r, g. Raises one-line :class:`InputError` (see the module docstring).
+    i, r, g. Raises one-line :class:`InputError` (see the module docstring). With ``catalog``,
+    ``path`` is a list of three survey images and the cutouts are cut around the catalogue's
+    sources (:mod:`deepmine.lenscrafter.onto_survey`; ``columns``: ``ra_col``, ``dec_col``,
+    ``x_col``, ``y_col``; ``size``, default 64).
     """
+    if catalog is not None:
+        from .onto_survey import read_survey_deflectors
+
+        return read_survey_deflectors(path if isinstance(path, (list, tuple)) else [path], catalog, bands=bands,
+                                      size=size, pixel_scale=pixel_scale, **columns)
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            raise InputError(f"--onto: {len(path)} files given; several files are survey images and need --catalog")
+        path = path[0]
+    if columns:
+        raise InputError("--ra-col/--dec-col/--x-col/--y-col need --catalog")
     p = Path(path)
     files = None
     if p.is_dir():
@@ -226,25 +244,36 @@ def _resolve_scale(d: Deflectors, pixel_scale, size) -> float:
     return float(scale)
 
 
+def _header_values(d, keys) -> np.ndarray | None:
+    """The first of ``keys`` in each band's header (i, r, g), or None unless every band has one."""
+    vals = [next((float(h[k]) for k in keys if k in h), None) if h else None for h in d.band_headers]
+    return None if any(v is None for v in vals) else np.array(vals)
+
+
+def _fmt(v) -> str:
+    v = np.atleast_1d(v)
+    return f"{v[0]:g}" if np.all(v == v[0]) else ",".join(f"{x:g}" for x in v)
+
+
 def _resolve_calibration(d: Deflectors, zero_point, gain, exptime):
-    hz = next((float(d.header[k]) for k in ZERO_POINT_KEYS if k in d.header), None) if d.header else None
+    hz = _header_values(d, ZERO_POINT_KEYS)
     zp = _per_band("zero_point", zero_point, d.bands_in_file)
     if zp is not None and hz is not None and np.any(np.abs(zp - hz) > 0.01):
-        raise file_error(d.path, f"zero point {hz:g} (header) disagrees with --zero-point "
+        raise file_error(d.path, f"zero point {_fmt(hz)} (header) disagrees with --zero-point "
                                  f"{','.join(f'{v:g}' for v in zp)}; omit --zero-point or fix the header")
     if zp is None:
         if hz is None:
             raise file_error(d.path, f"no zero point ({'/'.join(ZERO_POINT_KEYS)} card); pass --zero-point "
                                      "(AB mag of one flux unit, one per band or one for all)")
-        zp = np.full(len(BANDS), hz)
-    hg = float(d.header["GAIN"]) if d.header and "GAIN" in d.header else None
+        zp = hz
+    hg = _header_values(d, ("GAIN",))
     g = _per_band("gain", gain, d.bands_in_file)
     if g is not None and hg is not None and np.any(np.abs(g / hg - 1.0) > 0.01):
-        raise file_error(d.path, f"gain {hg:g} e-/count (header) disagrees with --gain "
+        raise file_error(d.path, f"gain {_fmt(hg)} e-/count (header) disagrees with --gain "
                                  f"{','.join(f'{v:g}' for v in g)}; omit --gain or fix the header")
     t = _per_band("exptime", exptime, d.bands_in_file)
     if g is None:
-        g = np.full(len(BANDS), hg) if hg is not None else None
+        g = hg
     if g is None and t is None:
         raise file_error(d.path, "no gain (GAIN card); pass --gain (electrons per count) or --exptime (seconds, "
                                  "for images in counts per second) for the arc's photon noise")
@@ -286,7 +315,7 @@ def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, ga
 def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
                pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
                overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, unlensed: bool = False,
-               **paint_kwargs):
+               catalog=None, columns=None, **paint_kwargs):
     """Paint LensCrafter arcs onto the cutouts of ``deflectors`` and write ``out`` and its table.
 
     Parameters (the checks are in the module docstring)
@@ -306,6 +335,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     unlensed : paint control negatives instead of lenses (:data:`UNLENSED`): the same renderer,
         PSF and photon noise, no lensing — a model trained with them as negatives cannot score
         "LensCrafter light is present" as a lens (docs/benchmarks.md measured that it does otherwise)
+    catalog, columns : with ``catalog``, ``deflectors`` are three survey images and the cutouts are
+        cut around the catalogue's sources (``columns``: ``ra_col``/``dec_col``/``x_col``/``y_col``)
     **paint_kwargs : passed to :func:`paint_arcs` (``follow_light``, ``m_g_src=(lo, hi)``...)
 
     Returns the parameter table (also written).
@@ -323,8 +354,10 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     if int(seed) < 0:
         raise InputError(f"--seed: must be a whole number >= 0, got {seed}")
     table_path = out.with_suffix(".ecsv")
-    check_outputs([out, table_path], [deflectors, *inputs], overwrite)
-    d = read_deflectors(deflectors, bands=bands)
+    given = list(deflectors) if isinstance(deflectors, (list, tuple)) else [deflectors]
+    check_outputs([out, table_path], [*given, catalog, *inputs], overwrite)
+    d = read_deflectors(deflectors, bands=bands, catalog=catalog, size=size, pixel_scale=pixel_scale,
+                        **(columns or {}))
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
                                                     gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
     if unlensed:
@@ -363,7 +396,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
         table["file"] = [os.path.basename(f) for f in d.files]
     table.meta.update({
         "deepmine": "lenscrafter arcs painted onto real cutouts (deepmine craft --onto)",
-        "deflectors": str(deflectors), "stack": out.name, "seed": int(seed), "size": d.size,
+        "deflectors": ",".join(map(str, given)), **({"catalog": str(catalog)} if catalog is not None else {}),
+        "stack": out.name, "seed": int(seed), "size": d.size,
         "pixel_scale": scale, "bands": ",".join(BANDS), "bands_in_file": ",".join(d.bands_in_file),
         "zero_point": zp.tolist(), "gain_e_per_unit": eff_gain.tolist(), "psf": psf_desc,
         "theta_e": list(np.atleast_1d(te)), "unlensed": bool(unlensed), "dtype": dtype,

@@ -70,10 +70,17 @@ def craft(
                                           "instead of random draws from the priors."),
     negatives: bool = typer.Option(False, "--negatives/--no-negatives", help="Craft non-lens scenes instead of "
                                    "lenses."),
-    onto: Optional[Path] = typer.Option(None, "--onto", help="Paint LensCrafter arcs onto real deflector cutouts "
-                                        "in flux units: a FITS cube N×3×H×W (or .npy) or a directory of FITS "
-                                        "cutouts 3×H×W; needs a zero point and a gain (header or options). See "
-                                        "docs/lenscrafter.md, 'Arcs on real galaxies'."),
+    onto: Optional[list[Path]] = typer.Option(None, "--onto", help="Paint LensCrafter arcs onto real deflector "
+                                              "cutouts in flux units: a FITS cube N×3×H×W (or .npy) or a directory "
+                                              "of FITS cutouts 3×H×W — or, repeated, three survey images (one per "
+                                              "band) with --catalog; needs a zero point and a gain (header or "
+                                              "options). See docs/lenscrafter.md, 'Arcs on real galaxies'."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="--onto survey images: the deflectors' "
+                                           "catalogue (RA/Dec or x/y columns); cutouts are cut as `scan` cuts them."),
+    ra_col: Optional[str] = typer.Option(None, "--ra-col", help="--catalog: RA column (default ra)."),
+    dec_col: Optional[str] = typer.Option(None, "--dec-col", help="--catalog: Dec column (default dec)."),
+    x_col: Optional[str] = typer.Option(None, "--x-col", help="--catalog: x pixel column, 0-based."),
+    y_col: Optional[str] = typer.Option(None, "--y-col", help="--catalog: y pixel column, 0-based."),
     zero_point: Optional[str] = typer.Option(None, "--zero-point", help="--onto: AB zero point of the cutouts' "
                                              "flux unit, one for all bands or one per band (comma-separated, "
                                              "the file's band order)."),
@@ -126,13 +133,17 @@ def craft(
 
     if float_out:
         dtype = "float32"
-    if onto is not None:
-        _craft_onto(onto, out=out, n=n, params=params, negatives=negatives, kinds=kinds, field=field, seed=seed,
+    cols = {k: v for k, v in (("ra_col", ra_col), ("dec_col", dec_col), ("x_col", x_col), ("y_col", y_col))
+            if v is not None}
+    if onto:
+        _craft_onto(onto if len(onto) > 1 or catalog is not None else onto[0], out=out, n=n, params=params, negatives=negatives, kinds=kinds, field=field, seed=seed,
                     no_noise=no_noise, no_psf=no_psf, psf=psf, size=size, pixel_scale=pixel_scale,
                     supersample=supersample, dtype=dtype, preview=preview, overwrite=overwrite,
                     zero_point=zero_point, gain=gain, exptime=exptime, psf_fwhm=psf_fwhm, theta_e=theta_e,
-                    bands=bands, unlensed=unlensed)
+                    bands=bands, unlensed=unlensed, catalog=catalog, columns=cols)
         return
+    if catalog is not None or cols:
+        raise InputError("--catalog and its columns apply to --onto survey images only")
     if unlensed:
         raise InputError("--unlensed applies to --onto only")
     for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime),
@@ -281,7 +292,7 @@ def _floats(text: Optional[str], option: str, count=None):
 
 def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no_noise, no_psf, psf, size,
                 pixel_scale, supersample, dtype, preview, overwrite, zero_point, gain, exptime, psf_fwhm, theta_e,
-                bands, unlensed=False) -> None:
+                bands, unlensed=False, catalog=None, columns=None) -> None:
     import numpy as np
 
     from deepmine.inference.cli.common import progress_bar
@@ -291,7 +302,8 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
                      ("--kinds", kinds is not None), ("--field", field is not None), ("--no-psf", no_psf),
                      ("--preview", preview is not None)):
         if bad:
-            raise InputError(f"{opt} does not apply to --onto (one arc is painted on every cutout of {onto})")
+            raise InputError(f"{opt} does not apply to --onto (one arc is painted on every cutout of "
+                             f"{catalog or onto})")
     if out is None:
         raise InputError("--out is required with --onto")
     te = _floats(theta_e, "--theta-e", (2,))
@@ -304,7 +316,7 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
                            psf=kern, psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
                            size=size, bands=bands, theta_e=te, seed=seed, dtype=dtype, overwrite=overwrite,
                            inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample,
-                           unlensed=unlensed)
+                           unlensed=unlensed, catalog=catalog, columns=columns)
     s = table.meta["size"]
     what = "unlensed sources painted beside galaxies" if unlensed else "painted lenses"
     err_console.print(f"wrote {len(table)} {what} {out} ({dtype} {len(table)}×3×{s}×{s}) and "
