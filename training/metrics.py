@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepmine.inference.atomic import atomic_open
 from deepmine.inference.ranking import ranking_performance
 
 from . import data as D
+from .csvrows import write_csv
 
 __all__ = ["HISTORY", "COLUMNS", "EpochMetrics", "evaluate", "positive_logits", "write_history", "read_history"]
 
@@ -99,11 +99,7 @@ def evaluate(model, pdata: dict, spec: dict, batch_size: int, device, amp: bool 
 
 def write_history(path: Path, history: list[dict]) -> None:
     """Write the rows of ``history.csv`` (:data:`COLUMNS`; floats with 6 significant digits), atomically."""
-    with atomic_open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_csv(path, history, COLUMNS)
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:

@@ -5,7 +5,6 @@ so an interrupted run never leaves a half-written output.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,8 @@ import numpy as np
 
 from deepmine.inference.atomic import atomic_open, atomic_path
 from deepmine.inference.errors import InputError
+
+from ..csvrows import write_csv
 
 __all__ = ["sample_grid", "save_samples", "write_csv", "write_json"]
 
@@ -57,21 +58,6 @@ def save_samples(path: Path, samples: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         np.save(tmp, samples)
     return path
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts; columns in order of first appearance; floats with 6 significant
-    digits) as CSV, atomically; nothing when there are no rows."""
-    if not rows:
-        return
-    keys = list(rows[0])
-    for r in rows[1:]:
-        keys += [k for k in r if k not in keys]
-    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
 def write_json(path: Path, data) -> None:
