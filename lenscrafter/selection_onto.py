@@ -105,6 +105,8 @@ class OntoSource:
     n, size : number of deflectors and their side (pixels)
     follow_light : the SIE follows the galaxy's light (axis ratio and angle)
     stamp : the input's identity (bytes and modification time) for resume checks
+    survey : for survey images + a catalogue, how to reopen them: ``images``, ``catalog``,
+        ``columns``, ``bands`` (``path`` is then the catalogue)
     """
 
     path: str
@@ -119,6 +121,7 @@ class OntoSource:
     size: int
     follow_light: bool = True
     stamp: dict = field(default_factory=dict)
+    survey: dict = field(default_factory=dict)
     _open: object = field(default=None, repr=False, compare=False)
     _groups: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -132,7 +135,12 @@ class OntoSource:
         if self._open is None:
             from .onto import read_deflectors
 
-            self._open = read_deflectors(self.path, bands=self.bands)
+            if self.survey:
+                sv = self.survey
+                self._open = read_deflectors(sv["images"], bands=sv["bands"], catalog=sv["catalog"], size=self.size,
+                                             **sv["columns"])
+            else:
+                self._open = read_deflectors(self.path, bands=self.bands)
         return self._open
 
     def identity(self) -> dict:
@@ -141,7 +149,9 @@ class OntoSource:
                 "bands_in_file": ",".join(self.bands), "pixel_scale": float(self.pixel_scale),
                 "zero_point": [float(v) for v in self.zero_point], "gain_e_per_unit": [float(v) for v in self.gain],
                 "psf": self.psf_desc, "psf_sha256": hashlib.sha256(np.ascontiguousarray(self.psf).tobytes()).hexdigest(),
-                "follow_light": bool(self.follow_light), **self.stamp}  # fmt: skip
+                "follow_light": bool(self.follow_light), **self.stamp,
+                **({"images": [str(Path(p).resolve()) for p in self.survey["images"]], "columns": self.survey["columns"]}
+                   if self.survey else {})}  # fmt: skip
 
     def check_model(self, model) -> None:
         """Refuse (one line naming the deflectors) a model whose cutout size or pixel scale differs."""
@@ -223,29 +233,41 @@ class OntoSource:
         return select_bands(painted.astype(np.float32), model.metadata.bands), counts
 
 
-def _stamp(path: Path) -> dict:
-    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+def _stamp(paths) -> dict:
+    from deepmine.inference.formats import split_extension
+
+    files = []
+    for p in paths:
+        p = split_extension(p)[0]
+        files += [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file())
     st = [os.stat(f) for f in files]
     return {"bytes": int(sum(s.st_size for s in st)), "mtime_ns": int(max((s.st_mtime_ns for s in st), default=0))}
 
 
 def prepare_onto(deflectors, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
-                 pixel_scale=None, size=None, bands=None, follow_light: bool = True, progress=None) -> OntoSource:
+                 pixel_scale=None, size=None, bands=None, follow_light: bool = True, progress=None, catalog=None,
+                 columns=None) -> OntoSource:
     """Open, check and measure DEFLECTORS for ``deepmine selection --onto``.
 
     The checks (band order, pixel scale, size, zero point, gain, PSF) are those of
     ``deepmine craft --onto`` (:func:`deepmine.lenscrafter.onto.calibrate`); ``progress`` is
-    called with the number of deflectors measured.
+    called with the number of deflectors measured. With ``catalog``, ``deflectors`` are three
+    survey images cut around its sources (``columns``: ``ra_col``... as ``craft --onto``).
     """
     from .onto import calibrate, read_deflectors
 
-    d = read_deflectors(deflectors, bands=bands)
+    columns = dict(columns or {})
+    d = read_deflectors(deflectors, bands=bands, catalog=catalog, size=size, pixel_scale=pixel_scale, **columns)
+    given = list(deflectors) if isinstance(deflectors, (list, tuple)) else [deflectors]
+    survey = ({"images": [str(p) for p in given], "catalog": str(catalog), "columns": columns, "bands": bands}
+              if catalog is not None else {})
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
                                                     gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
     props = measure_deflectors(d, float(zp[0]), scale, progress=progress)
-    return OntoSource(str(deflectors), tuple(d.bands_in_file), float(scale), tuple(map(float, zp)),
+    return OntoSource(str(catalog if catalog is not None else given[0]), tuple(d.bands_in_file), float(scale),
+                      tuple(map(float, zp)),
                       tuple(map(float, eff_gain)), np.asarray(kern), psf_desc, props, int(d.n), int(d.size),
-                      bool(follow_light), _stamp(Path(deflectors)), d)
+                      bool(follow_light), _stamp([*given, *([catalog] if catalog is not None else [])]), survey, d)
 
 
 def default_onto_grid(source: OntoSource, per_cell: int = 4) -> SelectionGrid:

@@ -86,3 +86,21 @@ def test_survey_refusals_one_line(cli, survey, tmp_path):
     rc, _, err = cli("craft", "--n", 2, "--catalog", survey / "cat.ecsv", "--out", tmp_path / "e.npy")
     _one_line(rc, err, "--catalog and its columns apply to --onto survey images only")
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_selection_onto_survey_images(cli, survey, tmp_path):
+    import json
+
+    grid = tmp_path / "g.toml"
+    grid.write_text("per_cell = 2\n[axes.theta_e]\nrange = [0.8, 2.4]\nbins = 2\n[axes.m_arc]\nrange = [21, 24]\nbins = 2\n")
+    imgs = [x for b in "irg" for x in ("--onto", survey / f"{b}.fits")]
+    out = tmp_path / "sel.fits"
+    rc, _, err = cli("selection", *imgs, "--catalog", survey / "cat.ecsv", "--grid", grid, "--cut", 0.8, "--out", out,
+                     "--device", "cpu")
+    assert rc == 0, err
+    t = Table.read(out)
+    prov = json.loads(t.meta["PROVJSON"])
+    assert len(t) == 4 and int(np.sum(t["n"])) == 8
+    assert prov["onto"]["n"] == N and len(prov["onto"]["images"]) == 3 and prov["onto"]["zero_point"] == [27.0, 27.1, 27.2]
+    rc, _, err = cli("selection", "--catalog", survey / "cat.ecsv", "--out", tmp_path / "x.fits", "--dry-run")
+    _one_line(rc, err, "--catalog applies to --onto only")

@@ -54,10 +54,16 @@ def selection(
     cluster: Optional[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     cluster_opt: Optional[list[str]] = typer.Option(None, "--cluster-opt", help=CLUSTER_OPT_HELP),
-    onto: Optional[Path] = typer.Option(
+    onto: Optional[list[Path]] = typer.Option(
         None, "--onto", help="Measure on real deflectors: paint the lenses' arcs onto these cutouts in flux units "
-        "(FITS cube N×3×H×W, .npy, or a directory of FITS cutouts), as `craft --onto`; the grid varies θ_E, the "
-        "source and the deflectors' measured m_dfl, q_dfl; the pool defaults to the unpainted deflectors."),
+        "(FITS cube N×3×H×W, .npy, or a directory of FITS cutouts — or, repeated, three survey images with "
+        "--catalog), as `craft --onto`; the grid varies θ_E, the source and the deflectors' measured m_dfl, "
+        "q_dfl; the pool defaults to the unpainted deflectors."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="--onto survey images: the deflectors' catalogue."),
+    ra_col: Optional[str] = typer.Option(None, "--ra-col", help="--catalog: RA column (default ra)."),
+    dec_col: Optional[str] = typer.Option(None, "--dec-col", help="--catalog: Dec column (default dec)."),
+    x_col: Optional[str] = typer.Option(None, "--x-col", help="--catalog: x pixel column, 0-based."),
+    y_col: Optional[str] = typer.Option(None, "--y-col", help="--catalog: y pixel column, 0-based."),
     zero_point: Optional[str] = typer.Option(None, "--zero-point", help="--onto: AB zero point (one, or one per "
                                              "band in the file's order)."),
     gain: Optional[str] = typer.Option(None, "--gain", help="--onto: electrons per count (one or one per band)."),
@@ -105,11 +111,16 @@ def selection(
 
         check_plot_path(plot)
     source = None
-    if onto is not None:
-        source = _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands)
+    cols = {k: v for k, v in (("ra_col", ra_col), ("dec_col", dec_col), ("x_col", x_col), ("y_col", y_col))
+            if v is not None}
+    if onto:
+        source = _prepare_onto(onto if len(onto) > 1 or catalog is not None else onto[0], zero_point, gain, exptime,
+                               psf, psf_fwhm, pixel_scale, bands, catalog, cols)
     else:
         for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime), ("--psf", psf),
-                         ("--psf-fwhm", psf_fwhm), ("--pixel-scale", pixel_scale), ("--bands", bands)):
+                         ("--psf-fwhm", psf_fwhm), ("--pixel-scale", pixel_scale), ("--bands", bands),
+                         ("--catalog", catalog), ("--ra-col", ra_col), ("--dec-col", dec_col), ("--x-col", x_col),
+                         ("--y-col", y_col)):
             if val is not None:
                 raise InputError(f"{opt} applies to --onto only")
     if source is not None:
@@ -135,7 +146,7 @@ def selection(
     model_path = resolve_model_path(model)
     check_outputs([out, out_ecsv, plot,
                    None if plot is None else completeness_path(plot), save_pool],
-                  [model_path, grid, reference, negatives, onto, psf], overwrite)
+                  [model_path, grid, reference, negatives, *(onto or []), catalog, psf], overwrite)
     modified = check_content_hash(model_path, allow_modified_model)
     m = get_model(model_path, device=device, threads=threads)
     if source is not None:
@@ -225,19 +236,19 @@ def selection(
         out_console.print(f"wrote {p}")
 
 
-def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands):
+def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols):
     """Open, check and measure the deflectors of --onto (the checks of `craft --onto`)."""
     from deepmine.lenscrafter.cli.craft_cmd import _floats, _read_psf
     from deepmine.lenscrafter.onto import read_deflectors
     from deepmine.lenscrafter.selection_onto import prepare_onto
 
-    n = read_deflectors(onto, bands=bands).n
+    n = read_deflectors(onto, bands=bands, catalog=catalog, **cols).n
     with task("measuring deflectors", n) as advance:
         return prepare_onto(onto, zero_point=_floats(zero_point, "--zero-point", (1, 3)),
                             gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
                             psf=_read_psf(psf) if psf is not None else None,
                             psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
-                            bands=bands, progress=advance)
+                            bands=bands, progress=advance, catalog=catalog, columns=cols)
 
 
 def register(app: typer.Typer) -> None:
