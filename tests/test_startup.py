@@ -2,7 +2,8 @@
 
 Measured in fresh processes, as a user runs the command: from just before the process starts to
 the first ``InferenceSession.run``. The goal is 0.7 s on two idle cores (docs/benchmarks.md has
-the figures); the bound asserted here is generous because test machines are shared. What must
+the figures); the bounds asserted here are generous because test machines are shared, and the
+tight one is on CPU seconds (measured here: 0.76–0.84 s CPU while wall time was 1.7–4.1 s). What must
 hold on any machine: for uint8 cutouts nothing heavy that scoring does not need is imported
 before the first score — no Numba (0.3–0.5 s with the SciPy parts it pulls in), astropy tables,
 matplotlib, pandas or pyarrow.
@@ -20,8 +21,10 @@ import time
 import numpy as np
 import pytest
 
-#: generous bound on the median time to the first score (goal: 0.7 s on two idle cores)
-BOUND_S = 3.0
+#: generous bounds on the median time to the first score (goal: 0.7 s on two idle cores): CPU
+#: seconds of the process, which a shared machine's load barely changes, and wall seconds
+BOUND_CPU_S = 2.0
+BOUND_WALL_S = 10.0
 RUNS = 3
 HEAVY = ("numba", "scipy", "astropy.table", "astropy.io.fits", "matplotlib", "pandas", "pyarrow", "torch", "PIL")
 
@@ -75,4 +78,5 @@ def test_scan_reaches_the_first_score_quickly_and_lightly(stack, tmp_path):
     print(f"\ntime to first score: median {statistics.median(walls):.2f} s wall, "
           f"{statistics.median(cpus):.2f} s CPU (runs {', '.join(f'{w:.2f}' for w in walls)})")
     assert heavy == [], f"imported before the first score: {heavy}"
-    assert statistics.median(walls) < BOUND_S
+    assert statistics.median(cpus) < BOUND_CPU_S
+    assert statistics.median(walls) < BOUND_WALL_S

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from ..cluster import Backend, connect, parse_cluster
 from ..errors import InputError
 from .common import err_console
+
+if TYPE_CHECKING:  # the Dask side loads only when a command asks for --cluster
+    from ..cluster import Backend
 
 CLUSTER_HELP = (
     "Run on Dask: `local` (an embedded cluster of worker processes), a scheduler address "
@@ -93,6 +96,8 @@ def cli_cluster(
         if options:
             raise InputError("--cluster-opt: only used with --cluster slurm or pbs")
         return ClusterRun(threads)
+    from ..cluster import connect, parse_cluster
+
     spec = parse_cluster(cluster, workers=workers, threads_per_worker=threads, options=options)
     if log is None:
 
