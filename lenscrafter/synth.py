@@ -217,13 +217,16 @@ def craft_lens_chunks(params: Table, chunk: int = 2048, *, seed: int = 0, output
 
     While the compiled renderer (which releases the GIL) draws chunk k on every core, a second
     thread prepares chunk k + 1 (checks, component rows and the field population, which is
-    Python), so the cores do not wait for it. The images equal ``craft_lenses(params[a:b],
+    Python), so the cores do not wait for it. The first chunk is at most 256 rows, so that
+    the pipeline fills quickly. The images equal ``craft_lenses(params[a:b],
     index_offset=index_offset + a, ...)`` for any chunk size.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(params)
-    bounds = [(a, min(a + chunk, n)) for a in range(0, n, max(int(chunk), 1))]
+    chunk = max(int(chunk), 1)
+    first = min(chunk, 256)  # a short first chunk: the pipeline fills (and the cores start) sooner
+    bounds = [(0, min(first, n))] + [(a, min(a + chunk, n)) for a in range(first, n, chunk)] if n else []
 
     def prepare(a, b):
         return lens_scenes(params[a:b], seed=seed, output=output, index_offset=index_offset + a, **options)

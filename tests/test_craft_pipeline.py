@@ -12,7 +12,15 @@ def test_chunks_equal_one_call(output):
     whole = craft_lenses(params, seed=9, output=output, index_offset=5)
     parts = list(craft_lens_chunks(params, 10, seed=9, output=output, index_offset=5))
     assert [(a, b) for a, b, _ in parts] == [(0, 10), (10, 20), (20, 30), (30, 37)]
+    longer = list(craft_lens_chunks(params, 300, seed=9, output=output, index_offset=5))
+    assert [(a, b) for a, b, _ in longer] == [(0, 37)]
     np.testing.assert_array_equal(np.concatenate([im for _, _, im in parts]), whole)
+
+
+def test_a_short_first_chunk_fills_the_pipeline():
+    params = sample_lens_params(600, seed=2)
+    bounds = [(a, b) for a, b, _ in craft_lens_chunks(params, 500, output="float32", field=0, noise=False)]
+    assert bounds == [(0, 256), (256, 600)]
 
 
 def test_errors_surface_from_the_preparing_thread():
