@@ -163,7 +163,7 @@ def test_the_app_finds_every_command_by_module_name():
 @pytest.mark.parametrize("limit", [500])
 def test_no_god_modules(limit):
     """No module over ~500 lines (a few still are: they are listed, and the list only shrinks)."""
-    known = {"lenscrafter/selection.py"}
+    known: set = set()  # every module is under the limit; the list only shrinks
     big = {str(p.relative_to(ROOT)) for p in MODULES.values() if len(p.read_text().splitlines()) > limit}
     assert big <= known, f"new modules over {limit} lines: {sorted(big - known)}"
 
