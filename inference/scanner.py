@@ -44,7 +44,13 @@ from .errors import InputError, file_error
 from .layout import InputLayout
 from .pictures import picture_format
 from .progress import stage
-from .top_list import DEFAULT_TOP_FRACTION, mosaic_of, select_top, write_top
+from .top_list import (
+    DEFAULT_TOP_FRACTION,
+    _label,  # noqa: F401 - importable from here as before top_list.py
+    mosaic_of,
+    select_top,
+    write_top,
+)
 
 __all__ = ["scan", "ScanResult", "InputLayout", "select_top", "mosaic_of", "parts_dir"]
 
