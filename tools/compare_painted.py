@@ -21,7 +21,9 @@ brightest galaxy at i = 20.5, HSC-Wide sky noise added (tools/evaluate_bundled.p
 every one of those numbers is an assumption). Region split: cutouts wholly in the left half of
 the resampled image (train) or wholly in the right half (test).
 
-Run (2 cores, a few minutes per model)::
+Run (the defaults are the tiny 2-core version: ~3 min an epoch per model on idle cores;
+docs/benchmarks.md also has the H200 run, ``--paints 48 --random 6000 --test-paints 8
+--test-random 3000 --epochs 12 --device cuda --control --models painted,painted_control,lenscrafter``)::
 
     python tools/compare_painted.py --work build/compare --epochs 4
 """
