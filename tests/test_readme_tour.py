@@ -90,19 +90,29 @@ def _is_serve(argv: list[str]) -> bool:
 
 
 def _grade_and_stop(argv: list[str], cwd: Path) -> None:
-    """Serve the grading page, grade its candidates over HTTP (best: a lens, others: false
-    positives), then Ctrl-C."""
+    """Serve the grading page, grade every candidate over HTTP as the page does (best: a lens,
+    others: false positives), then Ctrl-C."""
+    import json
+    import urllib.request
+
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_inspect_cli import _post, _serve, _state
+    from test_inspect_cli import _serve
 
     proc, url = _serve([*argv[1:], "--port", "0", "--no-browser", "--grader", "tour"], cwd)
     try:
-        total = _state(url, "tour")["total"]
-        for rank in range(total):
-            _post(url + "api/grade", {"rank": rank, "grade": "A" if rank == 0 else "N", "grader": "tour"})
+        with urllib.request.urlopen(url, timeout=30) as r:
+            token = re.search(rb'name="deepmine-token" content="([^"]+)"', r.read()).group(1).decode()
+        with urllib.request.urlopen(f"{url}api/page?start=0&count=500", timeout=30) as r:
+            page = json.loads(r.read())
+        for rank, cand in enumerate(page["candidates"]):
+            body = {"catalog": page["state"]["catalog_id"], "rank": rank, "id": cand["id"],
+                    "grade": "A" if rank == 0 else "N", "grader": "tour"}
+            req = urllib.request.Request(url + "api/grade", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json", "X-Deepmine-Token": token})
+            urllib.request.urlopen(req, timeout=30).close()
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
 
 
@@ -111,10 +121,10 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_tour(folder: Path, small: bool = True, log=None) -> list[tuple[int, str, float, float]]:
+def run_tour(folder: Path, small: bool = True, log=None, first_step: int = 1) -> list[tuple[int, str, float, float]]:
     """Run the tour in ``folder``; ``(step, command, wall seconds, CPU seconds)`` per command
     (CPU: user + system time of the command's process, the measure a loaded machine leaves
-    intact)."""
+    intact). ``first_step`` > 1 continues a tour whose earlier steps ran in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     commands = tour_commands()
     if small:
@@ -122,6 +132,8 @@ def run_tour(folder: Path, small: bool = True, log=None) -> list[tuple[int, str,
         (folder / "tour_grid.toml").write_text(TOUR_GRID)
     times = []
     for step, line in commands:
+        if step < first_step:
+            continue
         argv = shlex.split(line)
         t0, c0 = time.perf_counter(), _child_cpu()
         if _is_serve(argv):
@@ -163,9 +175,11 @@ if __name__ == "__main__":  # pragma: no cover - the timing run behind the READM
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--from-step", type=int, default=1, help="continue a tour run in FOLDER at this step")
     a = ap.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started with nohup/&: let the server get Ctrl-C
     t_all = time.perf_counter()
-    result = run_tour(a.folder, small=a.small, log=lambda s: print(s, flush=True))
+    result = run_tour(a.folder, small=a.small, log=lambda s: print(s, flush=True), first_step=a.from_step)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
     print(f"\n{cpu}, {os.cpu_count()} cores, "
