@@ -11,6 +11,7 @@ import numba as nb
 import numpy as np
 
 from .errors import InputError
+from .ranking import _float_keys_u32
 
 __all__ = ["Range", "plan_ranges", "rank_range", "keys_u32", "count_dense", "dense_values", "lookup_dense",
            "sorted_values"]
@@ -34,18 +35,8 @@ class Range:
     spill: Path | None = None
 
 
-@nb.njit(cache=True)
-def keys_u32(x):  # pragma: no cover - compiled
-    """Order-preserving uint32 keys of float32 values (−0.0 → the key of +0.0)."""
-    bits = x.view(np.uint32)
-    keys = np.empty(x.shape[0], dtype=np.uint32)
-    sign = np.uint32(0x80000000)
-    for i in range(x.shape[0]):
-        b = bits[i]
-        if b == sign:
-            b = np.uint32(0)
-        keys[i] = (b ^ sign) if (b & sign) == 0 else ~b
-    return keys
+#: order-preserving uint32 keys of float32 values (−0.0 → +0.0's key): the ranking kernel's own
+keys_u32 = _float_keys_u32
 
 
 @nb.njit(cache=True)
