@@ -13,6 +13,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from deepmine.inference.errors import InputError
+from deepmine.inference.layout import InputLayout
 from deepmine.inference.metadata import ModelMetadata
 from deepmine.inference.readers import (
     FLAG_EDGE,
@@ -176,8 +177,8 @@ def test_unusable_positions_are_not_ranked_in_any_format(tmp_path):
     paths, _ = _survey_with(sky, tmp_path)
     Table({"x": xs, "y": ys}).write(tmp_path / "cat.ecsv")
     model = make_classifier(tmp_path / "m.onnx", shape=(3, 16, 16))
-    res = scan(paths, model, tmp_path / "out.fits", catalog=tmp_path / "cat.ecsv", formats=["fits", "ecsv", "parquet"],
-               top=5, progress=None)
+    res = scan(paths, model, tmp_path / "out.fits", layout=InputLayout(catalog=tmp_path / "cat.ecsv"),
+               formats=["fits", "ecsv", "parquet"], top=5, progress=None)
     assert res.n_unranked == 4 and any("not ranked" in n for n in res.notes)
     t = read_catalog(tmp_path / "out.fits")
     off = (np.asarray(t["flags"]) & FLAG_OFF_IMAGE) != 0

@@ -93,6 +93,7 @@ def test_frame_transforms_catalogue_coordinates(tmp_path):
 
     from deepmine.inference.catalog import read_catalog
     from deepmine.inference.errors import InputError
+    from deepmine.inference.layout import InputLayout
     from deepmine.inference.scanner import scan
 
     toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
@@ -101,16 +102,16 @@ def test_frame_transforms_catalogue_coordinates(tmp_path):
     ra, dec = w.all_pix2world(xs, ys, 0)
     gal = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs").galactic
     Table({"l": gal.l.deg, "b": gal.b.deg}).write(tmp_path / "gal.ecsv")
-    scan([str(f) for f in files], toy, tmp_path / "g.ecsv", formats=["ecsv"], catalog=tmp_path / "gal.ecsv",
-         ra_col="l", dec_col="b", frame="galactic")
+    scan([str(f) for f in files], toy, tmp_path / "g.ecsv", formats=["ecsv"],
+         layout=InputLayout(catalog=tmp_path / "gal.ecsv", ra_col="l", dec_col="b", frame="galactic"))
     t = read_catalog(tmp_path / "g.ecsv")
     np.testing.assert_allclose(t["x"], xs, atol=1e-5)
     np.testing.assert_allclose(t["ra"], ra, atol=1e-8)
     import pytest
 
     with pytest.raises(InputError, match="--frame: unknown frame 'nosuch'"):
-        scan([str(f) for f in files], toy, tmp_path / "h.ecsv", formats=["ecsv"], catalog=tmp_path / "gal.ecsv",
-             ra_col="l", dec_col="b", frame="nosuch")
+        scan([str(f) for f in files], toy, tmp_path / "h.ecsv", formats=["ecsv"],
+             layout=InputLayout(catalog=tmp_path / "gal.ecsv", ra_col="l", dec_col="b", frame="nosuch"))
 
 
 # ---------------------------------------------------------------------------------------------
