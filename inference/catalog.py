@@ -24,9 +24,9 @@ kept columns (survey scans)
 ``ordinality_ref`` float64 (only with a reference pool)
     Ordinality of the logit against the stored negative pool (comparable across scans).
 ``flags`` int32
-    Bitmask, see :data:`deepmine.inference.readers.FLAG_BITS` (1 NaN/inf pixels masked,
+    Bitmask, see :data:`deepmine.inference.blocks.FLAG_BITS` (1 NaN/inf or masked pixels,
     2 blank cutout, 4 partly off the image edge and padded, 8 some bands blank,
-    16 non-finite score).
+    16 non-finite score, 32 position off the image or not finite, 64 central pixel masked).
 
 Provenance (``table.meta``; FITS header cards of the BINTABLE HDU)
 ------------------------------------------------------------------
@@ -48,7 +48,7 @@ import numpy as np
 from .atomic import atomic_path
 from .catalog_dataset import NULLABLE_COLUMNS, dataset_files
 from .errors import InputError, MissingDependencyError, file_error, first_line
-from .formats import TABLE_SUFFIXES, is_fits, strip_suffix
+from .formats import is_fits, output_paths
 
 FORMATS = ("fits", "ecsv", "parquet", "dataset", "hats")
 SUFFIX = {"fits": ".fits", "ecsv": ".ecsv", "parquet": ".parquet", "dataset": "_parquet", "hats": "_hats"}
@@ -90,14 +90,8 @@ def catalog_paths(out: str | os.PathLike, formats: list[str]) -> dict[str, Path]
     ``cat.fits``, ``cat.ecsv`` —; any other name gets the format's suffix appended
     (``scan.v2`` → ``scan.v2.fits``). The folder formats are ``<stem>_parquet/`` (a partitioned
     Parquet dataset) and ``<stem>_hats/`` (HATS). An existing folder is refused: name a file inside it."""
-    p = Path(out)
-    if p.is_dir():
-        raise file_error(p, f"--out: is a folder; name the catalogue file, e.g. {p / 'candidates.fits'}")
-    stem = strip_suffix(p, TABLE_SUFFIXES)
-    paths = {}
-    for f in formats:
-        paths[f] = p if p.suffix.lower() == SUFFIX[f] else Path(str(stem) + SUFFIX[f])
-    return paths
+    paths = output_paths(out, [SUFFIX[f] for f in formats], example="candidates")
+    return dict(zip(formats, paths))
 
 
 def _fits_header_cards(meta: dict) -> list[tuple[str, object]]:

@@ -66,11 +66,13 @@ def wilson_interval(k, n, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.
 # the result
 # --------------------------------------------------------------------------------------
 def table_paths(path) -> tuple[Path, Path]:
-    """(FITS, ECSV) paths a selection table is written to: ``path`` may end in ``.fits``,
-    ``.fit`` or ``.ecsv``; the other format goes beside it."""
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix.lower() in (".fits", ".fit", ".ecsv") else p
-    return stem.with_suffix(".fits"), stem.with_suffix(".ecsv")
+    """(FITS, ECSV) paths a selection table is written to, by the ``--out`` rule of every command
+    (:func:`deepmine.inference.formats.output_paths`): a table suffix is replaced, any other
+    name gets both suffixes appended."""
+    from deepmine.inference.formats import output_paths
+
+    fits, ecsv = output_paths(path, (".fits", ".ecsv"), example="selection")
+    return fits, ecsv
 
 
 @dataclass
