@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DeepmineError, InputError
+from .errors import DeepmineError, InputError, file_error
 from .formats import TABLE_SUFFIXES, strip_suffix
 from .inspect_cutouts import INFO_COLUMNS, CutoutStore, catalog_bands, catalog_identity, read_catalog, select_top
 from .inspect_grades import GRADES, GradeLog, check_grader
@@ -82,7 +82,9 @@ class InspectSession:
     ----------
     catalog : scan catalogue (FITS/ECSV/Parquet) with id, source, index, logit...
     cutouts : cutout stacks the rows point at (default: found from the ``source`` column).
-    top : count, or fraction of the catalogue's rows (default 0.005: ordinality > 0.995).
+    top : count of the highest logits, or a fraction: ordinality > 1 − top (against the reference
+        pool when the catalogue has ``ordinality_ref``; default 0.005), as ``scan --top``
+        (:func:`deepmine.inference.top_list.select_top`); unranked rows are never shown.
     grades : grades file (default ``<catalogue>.grades.ecsv`` beside the catalogue).
     grader : default grader name shown on the page.
     """
@@ -93,6 +95,9 @@ class InspectSession:
         table = read_catalog(self.catalog_path)
         self.n_catalog = len(table)
         self.rows = select_top(table, top)
+        if len(self.rows) == 0:
+            raise file_error(self.catalog_path, f"no ranked candidates within --top {top} (of {len(table)} rows); "
+                                                "give a count, e.g. --top 100")
         self.store = CutoutStore.for_rows(self.rows, cutouts, [self.catalog_path.parent], what=str(self.catalog_path),
                                           meta=table.meta)
         self.grader = check_grader(grader)

@@ -18,7 +18,6 @@ the catalogue.
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from .errors import InputError, file_error
 from .formats import HSC_BANDS, open_stack, split_extension
+from .top_list import select_top, top_count  # noqa: F401 - the one meaning of --top, used here by the page
 
 #: Columns a catalogue must have to be inspected; the others are shown when present.
 REQUIRED_COLUMNS = ("id", "source", "index", "logit")
@@ -102,20 +102,6 @@ def catalog_bands(meta: dict, n_bands: int) -> list[str]:
     if isinstance(bands, (list, tuple)) and len(bands) == n_bands:
         return [str(b) for b in bands]
     return list(DEFAULT_BANDS) if n_bands == 3 else [f"band {k}" for k in range(n_bands)]
-
-
-def top_count(n_rows: int, top: float | int) -> int:
-    """How many rows ``--top`` keeps: a count, or ``ceil(fraction · n_rows)`` (at least 1)."""
-    if isinstance(top, float) and top < 1:
-        return max(1, min(n_rows, math.ceil(top * n_rows - 1e-9)))
-    return max(1, min(n_rows, int(top)))
-
-
-def select_top(table, top: float | int):
-    """The ``top`` rows (count, or fraction of all rows), largest logit first (ties: smaller id)."""
-    k = top_count(len(table), top)
-    order = np.lexsort((np.asarray(table["id"]), -np.asarray(table["logit"])))
-    return table[order[:k]]
 
 
 class CutoutStore:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import time
 import warnings as warnings_module
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, file_error
+from .errors import InputError
 from .layout import InputLayout
 from .pictures import picture_format
 from .progress import stage
@@ -51,6 +50,7 @@ from .top_list import (
     select_top,
     write_top,
 )
+from .workdir import clear_parts, open_workdir
 
 __all__ = ["scan", "ScanResult", "InputLayout", "select_top", "mosaic_of", "parts_dir"]
 
@@ -121,47 +121,6 @@ def _plan_record(model, specs, shard_size, n_shards) -> dict:
             "input_identity": [input_identity(p) for p in _input_files(specs)]}
 
 
-def _prepare_parts(folder: Path, plan: dict, resume: bool) -> None:
-    from .identity import same_input
-
-    plan_file = folder / "plan.json"
-    if folder.exists() and any(folder.iterdir()):
-        if not resume:
-            done = len(list(folder.glob("part-*.done")))
-            raise file_error(folder, f"an interrupted scan left {done} completed shard(s) here; pass --resume to "
-                             "continue it, or delete the folder to start over")
-        try:
-            old = json.loads(plan_file.read_text())
-        except (OSError, ValueError):
-            old = None
-        if not isinstance(old, dict) or "model_scoring_id" not in old or "input_identity" not in old:
-            raise file_error(folder, "cannot resume: the folder's plan.json is missing or from an older deepmine "
-                             "(it does not record what the inputs held); delete the folder to start over")
-        if old["model_scoring_id"] != plan["model_scoring_id"]:
-            raise file_error(plan["model"], f"cannot resume {folder}: the model's graph or weights differ from "
-                             f"the interrupted scan's ({old.get('model')}); rerun with that model, or delete "
-                             "the folder to start over")
-        before = {r.get("path"): r for r in old["input_identity"]}
-        for now in plan["input_identity"]:
-            rec = before.get(now["path"])
-            if rec is not None and not same_input(rec, now):
-                raise file_error(now["path"], f"changed since the interrupted scan in {folder} (size, time or "
-                                 "content differ), so its completed shards are stale; delete the folder to "
-                                 "start over")
-        fixed = ("model_scoring_id", "input_identity", "model")
-        if {k: v for k, v in old.items() if k not in fixed} != json.loads(json.dumps(
-                {k: v for k, v in plan.items() if k not in fixed})) or set(before) != {
-                r["path"] for r in plan["input_identity"]}:
-            raise file_error(folder, "cannot resume: this folder belongs to a scan with different inputs "
-                             "or --shard-size; rerun with the same ones, or delete the folder to start over")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    from .atomic import atomic_open
-
-    with atomic_open(plan_file) as fh:
-        json.dump(plan, fh)
-
-
 def _local_executor(fn: Callable, shards: Sequence) -> Iterable:
     for shard in shards:
         try:
@@ -230,7 +189,8 @@ def scan(
         it is built.
     executor : where shards run (see the module docstring); None runs them here
     stretch : mosaic stretch (``"percentile"`` or ``"asinh"``)
-    overwrite : replace existing outputs (catalogues, ``_top.ecsv``, mosaic); never an input
+    overwrite : replace existing outputs (catalogues, ``_top.ecsv``, mosaic) and, without
+        ``resume``, an interrupted scan's parts (:mod:`deepmine.inference.workdir`); never an input
     allow_modified_model : scan with a model whose stored content hash does not verify (the
         catalogue records the mismatch in ``DM_WARN``)
     catalog, ra_col, dec_col, x_col, y_col, tile, stride, check_pixel_scale, keep_columns, frame :
@@ -307,7 +267,8 @@ def scan(
         raise InputError("--format hats: needs RA/Dec on every row (a survey scan with --catalog or --tile); "
                          "use --format dataset")
     folder = parts_dir(first)
-    _prepare_parts(folder, _plan_record(model, specs, shard_size, len(shards)), resume)
+    open_workdir(folder, _plan_record(model, specs, shard_size, len(shards)), resume=resume, overwrite=overwrite,
+                 what="scan", unit="shard")
     n_resumed = sum(shard_done(s, folder) for s in shards)
     total = sum(s.n for s in shards)
 
@@ -360,7 +321,7 @@ def scan(
                         n_resumed=n_resumed, table=table, warnings=list(warnings))
     result.n_unranked = int(np.count_nonzero(np.asarray(table["flags"]) & FLAG_UNRANKED))
     _notes(result, specs, model, check_pixel_scale, warnings)
-    _remove_parts(shards, folder)
+    clear_parts(folder, keep_others=False)
 
     if top is not None or mosaic is not None:
         work = table.copy(copy_data=False)
@@ -403,17 +364,6 @@ def _notes(result, specs, model, check_pixel_scale: bool, warnings) -> None:
                             "null logit and ordinality, flags BLANK/OFF_IMAGE)")
 
 
-def _remove_parts(shards, folder: Path) -> None:
-    """Every part is now in the catalogue: the parts folder can go."""
-    from .shards import part_paths
-
-    for shard in shards:
-        for p in part_paths(shard, folder):
-            p.unlink(missing_ok=True)
-    (folder / "plan.json").unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def _finish_streamed(parts, out_paths: dict, top_out, **v) -> ScanResult:
     """The streamed end of :func:`scan` (``v``: the scan's state, by name): merge and write a
     block at a time, keep the top candidates, remove the parts."""
@@ -443,7 +393,7 @@ def _finish_streamed(parts, out_paths: dict, top_out, **v) -> ScanResult:
                         n_resumed=v["n_resumed"], table=None, warnings=list(warnings), streamed=True)
     result.n_unranked = got.n_unranked
     _notes(result, v["specs"], model, v["check_pixel_scale"], warnings)
-    _remove_parts(v["shards"], v["folder"])
+    clear_parts(v["folder"], keep_others=False)
     if want_top:
         write_top(got.top, top, top_out, mosaic, result, v["specs"], model, v["stretch"])
     result.seconds = time.perf_counter() - v["t0"]

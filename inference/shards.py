@@ -11,8 +11,9 @@ Contract (the Dask backend uses exactly these)::
 process's cached onnxruntime session (:func:`~deepmine.inference.model.get_model`), reading
 and preprocessing the next batches in reader threads while onnxruntime runs the current
 one, and writes ``part-<id>.npz`` and then the completion marker ``part-<id>.done`` (JSON:
-the shard's key and its row count), each atomically. A shard whose marker exists and matches
-is complete; anything else is redone. So after a kill -9 a resumed scan redoes only the
+the shard's key and its row count), each atomically — the work-folder contract of
+:mod:`deepmine.inference.workdir`, shared with the selection function's parts. A shard whose
+marker exists and matches is complete; anything else is redone. So after a kill -9 a resumed scan redoes only the
 shards without a marker, and no object is lost or counted twice (:func:`merge_parts` refuses
 duplicate ids).
 
@@ -41,6 +42,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import InputError, file_error
 from .readers import FLAG_SCORE_NONFINITE, FLAG_UNRANKED, SourceSpec, read_block
+from .workdir import mark_done, marker_path, part_done
 
 __all__ = ["Shard", "plan_shards", "run_shard", "merge_parts", "shard_done", "part_paths",
            "DEFAULT_SHARD_SIZE", "CATALOG_COLUMNS"]
@@ -100,19 +102,14 @@ def plan_shards(inputs: Iterable[SourceSpec], shard_size: int = DEFAULT_SHARD_SI
 
 def part_paths(shard: Shard, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """(part file, completion marker) of a shard."""
-    d = Path(out_dir)
-    return d / f"{shard.stem}.npz", d / f"{shard.stem}.done"
+    part = Path(out_dir) / f"{shard.stem}.npz"
+    return part, marker_path(part)
 
 
 def shard_done(shard: Shard, out_dir: str | os.PathLike) -> bool:
-    """True when the shard's part file and a matching completion marker exist."""
-    part, marker = part_paths(shard, out_dir)
-    if not (part.is_file() and marker.is_file()):
-        return False
-    try:
-        return json.loads(marker.read_text()).get("key") == shard.key
-    except (OSError, ValueError):
-        return False
+    """True when the shard's part file and a matching completion marker exist
+    (:func:`deepmine.inference.workdir.part_done`)."""
+    return part_done(part_paths(shard, out_dir)[0], shard.key)
 
 
 def _prepared_batches(model, shard: Shard, batch: int, keep_going: bool, readers: int):
@@ -244,8 +241,7 @@ def run_shard(
     with atomic_path(part, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    with atomic_path(marker, suffix=".done") as tmp:
-        tmp.write_text(json.dumps({"key": shard.key, "rows": int(valid.sum()), "skipped": len(skipped)}))
+    mark_done(part, shard.key, rows=int(valid.sum()), skipped=len(skipped))
     return part
 
 

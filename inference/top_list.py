@@ -1,43 +1,73 @@
 """The top candidates of a scan: selection, the ``_top.ecsv`` list and the labelled mosaic."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
 
-__all__ = ["select_top", "mosaic_of", "write_top", "DEFAULT_TOP_FRACTION", "MOSAIC_MAX"]
+__all__ = ["select_top", "top_count", "mosaic_of", "write_top", "DEFAULT_TOP_FRACTION", "MOSAIC_MAX"]
 
 DEFAULT_TOP_FRACTION = 0.005  # the seed inspects ordinality > 0.995
 MOSAIC_MAX = 64
 
 
-def select_top(table, top: float | int | None, *, column: str | None = None):
-    """Rows of the top candidates, best first.
+def top_count(n_rows: int, top: float | int) -> int:
+    """How many of ``n_rows`` ranked rows ``--top`` keeps: a count, or ``ceil(fraction · n_rows)``
+    (at least 1, at most ``n_rows``); the count of rows with ordinality > 1 − fraction.
 
-    ``top`` < 1 is a fraction (ordinality > 1 − top, against the reference pool when the table
-    has ``ordinality_ref``); ``top`` ≥ 1 a count of the highest logits. Rows with NaN scores or
-    a not-ranked flag (BLANK, OFF_IMAGE: no signal, no score) are never selected.
+    >>> top_count(1000, 0.005), top_count(10, 0.005), top_count(10, 50)
+    (5, 1, 10)
     """
-    from .readers import FLAG_UNRANKED
+    if n_rows <= 0:
+        return 0
+    if isinstance(top, float) and top < 1:
+        return max(1, min(n_rows, math.ceil(top * n_rows - 1e-9)))
+    return max(1, min(n_rows, int(top)))
+
+
+def select_top(table, top: float | int | None, *, column: str | None = None):
+    """Rows of the top candidates, best first: the one meaning of ``--top`` (scan, inspect).
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        A catalogue with ``logit`` (and, when present, ``flags``, ``ordinality``,
+        ``ordinality_ref``, ``id``).
+    top : float or int or None
+        < 1: a fraction — the rows whose ordinality is above 1 − ``top`` (ordinality against the
+        reference pool, ``ordinality_ref``, when the table has it (not all null); else among the catalogue's own
+        ranked rows, i.e. the ``ceil(top · n)`` highest logits). ≥ 1: a count of the highest
+        logits. None: :data:`DEFAULT_TOP_FRACTION`.
+    column : str, optional
+        The ordinality column to cut a fraction on (default: as above).
+
+    Rows with a non-finite logit or a not-ranked flag (BLANK, OFF_IMAGE: no signal, no score) are
+    never selected. Order: logit descending, ties by ``id`` ascending (else by row).
+    """
+    from .blocks import FLAG_UNRANKED
 
     if top is None:
         top = DEFAULT_TOP_FRACTION
-    col = column or ("ordinality_ref" if "ordinality_ref" in table.colnames else "ordinality")
     logit = np.asarray(table["logit"], dtype=np.float64)
-    finite = np.isfinite(logit) & ((np.asarray(table["flags"]) & FLAG_UNRANKED) == 0)
+    ranked = np.isfinite(logit)
+    if "flags" in table.colnames:
+        ranked &= (np.asarray(table["flags"]) & FLAG_UNRANKED) == 0
+    rows = np.flatnonzero(ranked)
+    tie = np.asarray(table["id"])[rows] if "id" in table.colnames else rows
+    rows = rows[np.lexsort((tie, -logit[rows]))]
     if isinstance(top, float) and top < 1:
         if not 0 < top < 1:
             raise InputError(f"--top: a fraction must be in (0, 1), got {top}")
-        keep = finite & (np.asarray(table[col]) > 1.0 - top)
-        rows = np.flatnonzero(keep)
-    else:
-        rows = np.flatnonzero(finite)
-    rows = rows[np.argsort(-logit[rows], kind="stable")]
-    if not (isinstance(top, float) and top < 1):
-        rows = rows[: int(top)]
-    return table[rows]
+        col = column or next((c for c in ("ordinality_ref", "ordinality") if c in table.colnames
+                              and np.isfinite(np.asarray(table[c], dtype=np.float64)).any()), None)
+        if col is None:
+            return table[rows[: top_count(len(rows), top)]]
+        ordinality = np.asarray(table[col], dtype=np.float64)[rows]
+        return table[rows[ordinality > 1.0 - top]]
+    return table[rows[: int(top)]]
 
 
 def _label(k: int, row, rank_col: str, kept: list, indexed: bool) -> str:

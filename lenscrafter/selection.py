@@ -11,8 +11,9 @@ Work is cut into *parts*: runs of consecutive cells holding about ``part_lenses`
 (whole craft chunks of about 1024 lenses). :func:`run_cells` computes one part — a plain
 function of (model path, grid, cells, pool) → table, the same for a local loop and for a
 distributed backend (:func:`run_part` is its picklable form, handed to ``map_parts``) — and
-:func:`selection_function` runs every part, writes each as a part file (atomic; its presence
-marks it done, so ``resume`` skips it), merges them and writes the result (FITS and ECSV,
+:func:`selection_function` runs every part, writes each as a part file (atomic, then its completion
+marker: the work-folder contract of :mod:`deepmine.inference.workdir`, shared with scan shards;
+``resume`` skips parts with a matching marker), merges them and writes the result (FITS and ECSV,
 atomic). When the model runs on a GPU, the next chunk is crafted in a helper thread while the
 current one is scanned. Memory is bounded by two craft chunks (≈ 130 MB for 3×64×64 cutouts) whatever the grid's size.
 
@@ -36,7 +37,6 @@ their public names are importable from here too.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmine.inference.errors import InputError, file_error
+from deepmine.inference.errors import InputError
 
 from .selection_cells import cell_uniforms, craft_for_model, lens_params_for_cells  # noqa: F401 - re-exported
 from .selection_grid import SelectionGrid
@@ -248,10 +248,18 @@ def run_cells(
     part.meta["PROVIDER"] = model.provider
     if part_path is not None:
         from deepmine.inference.atomic import atomic_path
+        from deepmine.inference.workdir import mark_done
 
         with atomic_path(part_path, suffix=".fits") as tmp:
             part.write(tmp, format="fits", overwrite=True)
+        mark_done(part_path, part_key(cells), cells=int(np.size(cells)))
     return part
+
+
+def part_key(cells) -> str:
+    """What a part file holds (its completion marker names it): the cells, first to last."""
+    c = np.asarray(cells)
+    return f"{PART_MARKER} cells {int(c[0])}-{int(c[-1])} n {c.size}"
 
 
 def count_part(cells, counts, order, logits, craft_s, scan_s, cut: float):
@@ -309,29 +317,6 @@ def _manifest(grid, per_cell, seed, cut, part_lenses, model_id, pool_scores, ont
     }
 
 
-def _check_manifest(workdir: Path, manifest: dict, resume: bool) -> None:
-    from deepmine.inference.atomic import atomic_open
-
-    mpath = workdir / "manifest.json"
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if resume:
-            if old != manifest:
-                diff = sorted(k for k in manifest if old is None or old.get(k) != manifest[k])
-                raise file_error(
-                    workdir, f"parts were made with different settings ({', '.join(diff)}); rerun without "
-                    "--resume or use another --workdir"
-                )
-            return
-        for part in workdir.glob("part-*.fits"):
-            part.unlink()
-    with atomic_open(mpath, "w") as fh:
-        json.dump(manifest, fh, sort_keys=True, indent=1)
-
-
 def _part_file(workdir, cells):
     return None if workdir is None else Path(workdir) / f"part-{int(cells[0]):09d}.fits"
 
@@ -353,6 +338,7 @@ def selection_function(
     level: float = DEFAULT_LEVEL,
     workdir=None,
     resume: bool = False,
+    overwrite: bool = False,
     part_lenses: int = DEFAULT_PART_LENSES,
     device: str = "cpu",
     threads: int | None = None,
@@ -373,6 +359,8 @@ def selection_function(
     seed, cut, level : master seed, inspection cut on ordinality, Wilson confidence level
     workdir : folder for part files (default: ``<out>.parts`` beside ``out``, else none kept)
     resume : keep part files already finished by an earlier run with the same settings
+        (:mod:`deepmine.inference.workdir`: a different model, pool, grid or seed is refused)
+    overwrite : without ``resume``, clear an earlier run's part files instead of refusing them
     part_lenses : about this many lenses per part file
     device, threads, batch_size : model session and scan batch
     out : if given, write the table there (FITS + ECSV beside, atomically)
@@ -420,23 +408,26 @@ def selection_function(
     parts_plan = plan_parts(grid, per_cell, part_lenses)
     workdir = Path(workdir) if workdir is not None else None
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _check_manifest(workdir, _manifest(grid, per_cell, seed, cut, part_lenses, model.scoring_id, ref.scores,
-                                                onto), resume)
+        from deepmine.inference.workdir import open_workdir
+
+        plan = _manifest(grid, per_cell, seed, cut, part_lenses, model.scoring_id, ref.scores, onto)
+        open_workdir(workdir, {**plan, "model": str(model_path)}, resume=resume, overwrite=overwrite,
+                     what="selection function")
 
     def part_file(cells):
         return _part_file(workdir, cells)
 
     from astropy.table import Table
 
+    from deepmine.inference.workdir import part_done
+
     results, todo = [], []
     for cells in parts_plan:
         pf = part_file(cells)
-        if resume and pf is not None and pf.exists():
+        if resume and pf is not None and part_done(pf, part_key(cells)):
             try:
                 t = Table.read(pf, format="fits")
-                if (t.meta.get("DMSELPRT") == PART_MARKER and t.meta.get("MODELHSH") == model.scoring_id
-                        and np.array_equal(np.asarray(t["cell"]), cells)):
+                if np.array_equal(np.asarray(t["cell"]), cells):
                     results.append(t)
                     if progress is not None:
                         progress(int(cells.size))

@@ -263,3 +263,25 @@ def test_messages_are_not_wrapped_when_not_on_a_terminal():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip() == line and r.stdout.strip() == line
+
+
+def test_long_work_off_a_terminal_writes_plain_progress_lines(monkeypatch, capsys):
+    """A batch job's log shows progress while the work runs (rich draws nothing off a terminal
+    until the end): one plain line per stage every DEEPMINE_PROGRESS_EVERY seconds; 0 = never."""
+    from deepmine.inference.cli import common
+
+    monkeypatch.delenv("DEEPMINE_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("DEEPMINE_PROGRESS_EVERY", "1e-9")
+    with common.progress_bar() as open_stage:
+        advance = open_stage("crafting lenses", 4)
+        for _ in range(4):
+            advance(1)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("crafting lenses: ")]
+    assert lines[0].startswith("crafting lenses: 1/4 (25 %), ") and lines[0].endswith(" elapsed")
+    assert any(ln.startswith("crafting lenses: 4/4 (100 %)") for ln in lines)
+
+    monkeypatch.setenv("DEEPMINE_PROGRESS_EVERY", "0")
+    with common.progress_bar() as open_stage:
+        open_stage("scanning", None)(5, "note")
+    assert "scanning: " not in capsys.readouterr().err

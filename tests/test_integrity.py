@@ -114,7 +114,8 @@ def _interrupted_scan(tmp_path, model, x, shards_done=3):
     """The state a kill -9 leaves: plan.json and some completed shards of ``s.npy``."""
     from deepmine.inference.model import get_model
     from deepmine.inference.readers import resolve_inputs
-    from deepmine.inference.scanner import _plan_record, _prepare_parts, parts_dir
+    from deepmine.inference.scanner import _plan_record, parts_dir
+    from deepmine.inference.workdir import open_workdir
     from deepmine.inference.shards import plan_shards, run_shard
 
     np.save(tmp_path / "s.npy", x)
@@ -122,7 +123,7 @@ def _interrupted_scan(tmp_path, model, x, shards_done=3):
     specs, _ = resolve_inputs([str(tmp_path / "s.npy")], m.metadata)
     shards = plan_shards(specs, 40)
     folder = parts_dir(tmp_path / "cat.ecsv")
-    _prepare_parts(folder, _plan_record(m, specs, 40, len(shards)), resume=False)
+    open_workdir(folder, _plan_record(m, specs, 40, len(shards)), resume=False)
     for s in shards[:shards_done]:
         run_shard(str(model), s, folder, batch_size=8, threads=1, device="cpu")
     return folder

@@ -267,6 +267,13 @@ def test_cli_resume_reuses_parts_and_pool(cli, files, tmp_path):
     assert again.provenance["parts_resumed"] == again.provenance["parts"] == 1
     np.testing.assert_array_equal(again.table["median_logit"], first.table["median_logit"])
     assert again.provenance["pool"]["n_negatives"] == 400
+    # the same parts folder under another --out: refused without --resume, cleared with --overwrite
+    other = [a if a != out else tmp_path / "sel2.fits" for a in args] + ["--workdir", work]
+    rc, _, err = cli(*other)
+    assert rc == 2 and "sel.parts: an interrupted selection function left 1 completed part(s) here" in err
+    rc, _, err = cli(*other, "--overwrite")
+    assert rc == 0, err
+    assert SelectionFunction.load(tmp_path / "sel2.fits").provenance["parts_resumed"] == 0
 
 
 def test_summary_goes_into_an_exported_models_metadata(measured, tmp_path, cli):

@@ -238,7 +238,7 @@ def test_shipped_recipes_hold_the_seed_values():
     (main,) = ez.phases
     opt = main["optimizer"]
     assert (opt["name"], opt["lr"], opt["momentum"], opt["nesterov"], opt["weight_decay"]) == ("sgd", 0.1, 0.9, True, 1e-4)
-    assert main["schedule"] == {"milestones": [150, 220], "gamma": 0.1}
+    assert main["schedule"] == {"name": "step", "milestones": [150, 220], "gamma": 0.1}
     assert main["epochs"] == 250 and main["early_stop"]["patience"] > 0
     lf = load_recipe("lensflow")
     assert [p["name"] for p in lf.phases] == ["pretrain", "coarse", "fine", "search"]
@@ -338,3 +338,27 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         with pytest.raises(InputError) as info:
             load_checkpoint(tmp_path / name)
         assert str(tmp_path / name) in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_cosine_schedule_anneals_over_the_phase_epochs():
+    """schedule.name = "cosine": epoch e of E at ½(1 + cos(π (e + ½) / E)) × the LR; the demo
+    recipe uses it, stopping near zero; an unknown name is refused in one line."""
+    import math
+
+    import torch
+
+    from deepmine.training.phases import make_scheduler
+
+    r = load_recipe("demo", {"phase.main.epochs": 4})
+    (main,) = r.phases
+    assert main["schedule"]["name"] == "cosine" and main["optimizer"]["name"] == "adam"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=main["optimizer"]["lr"])
+    sched = make_scheduler(opt, main)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    want = [main["optimizer"]["lr"] * 0.5 * (1 + math.cos(math.pi * (e + 0.5) / 4)) for e in range(4)]
+    assert lrs == pytest.approx(want) and lrs[-1] < 0.05 * lrs[0]
+    with pytest.raises(InputError, match="schedule.name: expected 'step' or 'cosine'"):
+        load_recipe("eznet", {"schedule.name": "linear"})

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo model (inference/models/default.onnx) reproducibly:
-# LensCrafter lenses + non-lens scenes → EZnet in two stages (recipes demo, then demo-anneal
-# started from stage 1's weights, with arc-less lens galaxies as extra negatives) → selection function → ONNX fp32 (bundled, with the held-out
-# RP and the selection-function summary in its metadata) and int8 (kept in the work folder).
+# LensCrafter lenses + non-lens scenes + arc-less lens galaxies → EZnet in two stages (recipe
+# demo, Adam with a cosine-annealed LR; then demo-anneal, one short low-LR epoch started from
+# stage 1's weights) → selection function → ONNX fp32 (bundled, with the held-out RP and the
+# selection-function summary in its metadata) and int8 (kept in the work folder).
 #
 #   [STAGE1_EPOCHS=N] [STAGE2_EPOCHS=N] [OFFSET_SIGMA=S] [TRAIN_ONLY=1] \
 #   tools/build_bundled_model.sh [WORKDIR] [DEVICE]     (defaults: build/demo-model, auto)
@@ -19,11 +20,11 @@
 # before this, without offsets) are refused rather than silently reused (non-lens stacks are
 # reused: offsets do not touch them).
 #
-# Needs deepmine[train]. Stage 1 is ~45 s/epoch on an H200 (launch-bound: the net is small) and
-# ~11 min/epoch on 2 CPU cores; stage 2 ~6 min/epoch on 2 CPU cores (crafting the stacks comes
-# on top). The recipes' budget (6 + 3 epochs) is ~85 min of training on 2 cores; a CPU build
-# that must fit 60-75 min sets STAGE1_EPOCHS / STAGE2_EPOCHS (defaults: the recipes' 6 and 3),
-# e.g. STAGE1_EPOCHS=4 STAGE2_EPOCHS=3 → ~44 + ~18 ≈ 62 min, or STAGE1_EPOCHS=5 → ~73 min.
+# Needs deepmine[train]. Crafting the stacks takes ~5 min on 2 CPU cores. Stage 1 is 9 epochs of
+# ~9 min on 2 CPU cores (~70 cutouts/s forward + backward, plus ~1 min of held-out evaluation);
+# stage 2 one epoch of ~5 min; selection function and exports ~15 min: ~1 h 50 min in all.
+# STAGE1_EPOCHS / STAGE2_EPOCHS (defaults: the recipes' 9 and 1) shorten or lengthen the stages;
+# the cosine schedule of stage 1 follows the number of epochs actually asked for.
 # Shortened stages are recorded in the provenance (recipe.json, the model's metadata) as
 # --set phase.<name>.epochs overrides. Existing stacks and stage outputs in WORKDIR are reused;
 # delete them to redo a step.
@@ -52,7 +53,9 @@ else
   done
   echo "$OFFSET_SIGMA" > "$W/offset_sigma"
 fi
-# training lenses: LensCrafter priors with arcs a survey scan can find (source m_g 21.5-24.5);
+# training lenses: LensCrafter priors over the default prior's Einstein radii (0.6-3.0″) with the
+# source from 21.5 to 25.5 (the default prior's 23-26 minus its faintest, mostly invisible arcs,
+# plus brighter ones);
 # negatives: every kind, plus extra rings, blends, artefacts and ellipticals (the kinds that
 # outscore lenses most often)
 # (stage 2 adds lens galaxies without arcs: the training priors with the source at m_g 35);
@@ -62,9 +65,9 @@ if [ ! -f "$W/stage2/model.pt" ]; then  # training data is only needed until sta
 import sys
 from deepmine.lenscrafter import offset_lenses, sample_lens_params
 w, sigma = sys.argv[1], float(sys.argv[2])
-t = sample_lens_params(40000, seed=101, m_g_src=(21.5, 24.5), theta_e=(0.8, 2.8))
+t = sample_lens_params(40000, seed=101, m_g_src=(21.5, 25.5), theta_e=(0.6, 3.0))
 offset_lenses(t, sigma, seed=101).write(f"{w}/lens_params.ecsv", overwrite=True)
-t = sample_lens_params(20000, seed=606, m_g_src=35.0, theta_e=(0.8, 2.8))
+t = sample_lens_params(20000, seed=606, m_g_src=35.0, theta_e=(0.6, 3.0))
 offset_lenses(t, sigma, seed=606).write(f"{w}/arcless_params.ecsv", overwrite=True)
 PY
 [ -f "$W/lenses.npy" ] || deepmine craft --params "$W/lens_params.ecsv" --out "$W/lenses.npy" --seed 101 --field 1
@@ -73,7 +76,8 @@ PY
 [ -f "$W/hard.npy" ] || deepmine craft --n 20000 --negatives --kinds ring,blend,artefact,elliptical \
     --out "$W/hard.npy" --seed 505
 DATA=(--positives "$W/lenses.npy" --negatives "$W/negatives.npy" --negatives "$W/hard.npy")
-[ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --out "$W/stage1" --device "$DEVICE" --plot \
+[ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
+    --out "$W/stage1" --device "$DEVICE" --plot \
     ${STAGE1_SET[@]+"${STAGE1_SET[@]}"}
 [ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
     --init "$W/stage1/model.pt" --out "$W/stage2" --device "$DEVICE" --plot ${STAGE2_SET[@]+"${STAGE2_SET[@]}"}

@@ -26,7 +26,7 @@ from . import data as D
 from .metrics import positive_logits
 from .resume import hash_seed
 
-__all__ = ["TrainingData", "make_optimizer", "reset_head", "EarlyStop"]
+__all__ = ["TrainingData", "make_optimizer", "make_scheduler", "reset_head", "EarlyStop"]
 
 
 class TrainingData:
@@ -183,6 +183,23 @@ def make_optimizer(model, phase: dict):
         return torch.optim.SGD(groups, lr=opt["lr"], momentum=opt["momentum"],
                                nesterov=opt["nesterov"] and opt["momentum"] > 0, weight_decay=opt["weight_decay"])  # fmt: skip
     return torch.optim.Adam(groups, lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"])
+
+
+def make_scheduler(optimizer, phase: dict):
+    """The phase's learning-rate schedule, stepped once per epoch.
+
+    ``step`` (default): the LR times ``gamma`` at each of ``milestones`` (epochs of the phase).
+    ``cosine``: epoch e (0-based) of E trains at the LR times ½(1 + cos(π (e + ½) / E)), the
+    cosine annealing of Loshchilov & Hutter (2017, SGDR, without restarts) taken at each epoch's
+    middle, so the first epoch starts near the full LR and the last ends near zero.
+    """
+    sch = phase["schedule"]
+    if sch.get("name", "step") == "cosine":
+        epochs = max(int(phase["epochs"]), 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: 0.5 * (1.0 + math.cos(math.pi * (min(e, epochs - 1) + 0.5) / epochs))
+        )
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=sch["milestones"], gamma=sch["gamma"])
 
 
 def reset_head(model, seed: int, pi: int) -> None:

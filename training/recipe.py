@@ -13,7 +13,7 @@ refused, so a typo never passes silently. Layout::
     name = "eznet"
     [data]                     # splits, batches, negative learning, augmentation
     [optimizer]                # sgd | adam, lr, momentum, nesterov, weight_decay, betas
-    [schedule]                 # step decays of the LR at given epochs (of the phase)
+    [schedule]                 # step decays of the LR at given epochs (of the phase), or cosine
     [early_stop]               # stop a phase when the held-out metric stops improving
     [[phase]]                  # one or more phases, run in order
     name = "main"
@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 1e-4,
         "betas": [0.9, 0.999],
     },
-    "schedule": {"milestones": [], "gamma": 0.1},
+    "schedule": {"name": "step", "milestones": [], "gamma": 0.1},  # step | cosine (milestones unused)
     "early_stop": {
         "metric": "test_rp",          # test_rp | test_loss | test_accuracy
         "patience": 0,                # 0: never stop early
@@ -330,6 +330,8 @@ def _check_phase(p: dict, where: str) -> None:
     if len(opt["betas"]) != 2 or not all(0 <= b < 1 for b in opt["betas"]):
         raise InputError(f"{where} optimizer.betas: expected two numbers in [0, 1), got {opt['betas']}")
     sch = p["schedule"]
+    if sch["name"] not in ("step", "cosine"):
+        raise InputError(f"{where} schedule.name: expected 'step' or 'cosine', got {sch['name']!r}")
     ms = sch["milestones"]
     if not all(isinstance(m, int) and m > 0 for m in ms) or ms != sorted(ms):
         raise InputError(f"{where} schedule.milestones: expected increasing positive epoch numbers, got {ms}")

@@ -49,7 +49,7 @@ from deepmine.inference.progress import stage
 from . import data as D
 from .checkpoint import save_checkpoint
 from .metrics import COLUMNS, HISTORY, EpochMetrics, evaluate, read_history, write_history
-from .phases import EarlyStop, TrainingData, make_optimizer, reset_head
+from .phases import EarlyStop, TrainingData, make_optimizer, make_scheduler, reset_head
 from .recipe import Recipe, load_recipe
 from .registry import create_model
 from .resume import (
@@ -285,9 +285,7 @@ class Trainer:
                 shift=d["shift"],
             )  # fmt: skip
             optimizer = make_optimizer(model, phase)
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer, milestones=phase["schedule"]["milestones"], gamma=phase["schedule"]["gamma"]
-            )
+            scheduler = make_scheduler(optimizer, phase)
             scaler = torch.amp.GradScaler("cuda") if self.amp else None
             stop = EarlyStop(phase["early_stop"])
             first_epoch = 0

@@ -61,22 +61,49 @@ def progress(transient: bool = False) -> Progress:
     )
 
 
+def _progress_interval() -> float:
+    """Seconds between plain progress lines off a terminal (``DEEPMINE_PROGRESS_EVERY``)."""
+    try:
+        return max(float(os.environ.get("DEEPMINE_PROGRESS_EVERY", "60")), 0.0)
+    except ValueError:
+        return 60.0
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 @contextlib.contextmanager
 def progress_bar(transient: bool = False) -> Iterator:
     """``with progress_bar() as p: library_function(..., progress=p)`` — the command line's
     implementation of :class:`deepmine.inference.progress.Progress`: every stage the library
-    opens becomes one bar, with the rate (units/s) or the stage's note beside it."""
+    opens becomes one bar, with the rate (units/s) or the stage's note beside it.
+
+    Not on a terminal (a log file, a batch job), where rich draws nothing until the end, a plain
+    line per stage is written every ``DEEPMINE_PROGRESS_EVERY`` seconds (default 60; 0 = never):
+    ``<stage>: done/total (percent), rate or note, elapsed``.
+    """
+    every = _progress_interval()
     with progress(transient) as prog:
+        lines = every > 0 and not prog.disable and not err_console.is_terminal
 
         def open_stage(description: str, total: int | None):
             tid = prog.add_task(description, total=total, rate="")
             t0 = time.perf_counter()
             done = [0]
+            last = [t0]
 
             def advance(k: int = 1, note: str = "") -> None:
                 done[0] += k
-                rate = note or f"{done[0] / max(time.perf_counter() - t0, 1e-9):,.0f}/s"
+                now = time.perf_counter()
+                rate = note or f"{done[0] / max(now - t0, 1e-9):,.0f}/s"
                 prog.update(tid, advance=k, rate=rate)
+                if lines and now - last[0] >= every:
+                    last[0] = now
+                    of = f"/{total} ({100 * done[0] / total:.0f} %)" if total else ""
+                    err_console.print(f"{description}: {done[0]}{of}, {rate}, {_clock(now - t0)} elapsed",
+                                      soft_wrap=True, highlight=False, markup=False)
 
             return advance
 

@@ -57,7 +57,8 @@ def serve(
         None, "--cutouts", help="Cutout stacks (.npy / FITS, N×3×H×W) the rows point at; repeat for several "
         "(default: the files named in the source column, beside the catalogue).", show_default=False),
     top: str = typer.Option("0.005", "--top", help="Candidates to show, largest logit first: a count, or a "
-                            "fraction of the catalogue (0.005 = the seed's ordinality > 0.995)."),
+                            "fraction: ordinality > 1 - fraction, against the reference pool when the "
+                            "catalogue has one (0.005 = the seed's ordinality > 0.995), as scan --top."),
     grades: Optional[Path] = typer.Option(None, "--grades", help="Grades file (ECSV), created or resumed "
                                           "[default: CATALOG.grades.ecsv beside the catalogue].", show_default=False),
     grader: Optional[str] = typer.Option(None, "--grader", help="Your name, recorded with each grade "

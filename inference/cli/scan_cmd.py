@@ -43,7 +43,8 @@ def scan(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference negative pool (deepmine rank "
                                              "--save-pool) for ordinality_ref."),
     top: Optional[str] = typer.Option(None, "--top", help="Top candidates to list: a fraction (0.005 = "
-                                      "ordinality > 0.995) or a count [default with --mosaic: 0.005]."),
+                                      "ordinality > 0.995, against the --reference pool when given) or a "
+                                      "count [default with --mosaic: 0.005]."),
     mosaic: Optional[Path] = typer.Option(None, "--mosaic", help="Write a labelled PNG grid of the top candidates."),
     stretch: str = typer.Option("percentile", "--stretch", help="Mosaic stretch: percentile | asinh."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Skip unreadable files and list them."),
@@ -56,7 +57,7 @@ def scan(
                                           "[default: fits,ecsv + parquet when pyarrow is installed; a scan over "
                                           "--memory-budget: dataset]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (catalogues, _top.ecsv, "
-                                   "mosaic); an input is never written over."),
+                                   "mosaic) and, without --resume, an interrupted scan's shards; an input is never written over."),
     allow_modified_model: bool = typer.Option(
         False, "--allow-modified-model", help="Scan with a model whose stored content hash does not verify "
         "(recorded in the catalogue's DM_WARN)."),

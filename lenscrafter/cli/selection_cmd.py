@@ -37,7 +37,7 @@ def selection(
     save_pool: Optional[Path] = typer.Option(None, "--save-pool", help="Store the scored pool here (default: in the work folder)."),
     cut: float = typer.Option(0.995, "--cut", help="Inspection cut: detected = ordinality against the pool > cut."),
     seed: int = typer.Option(0, "--seed", help="Master seed (lenses and crafted negatives)."),
-    resume: bool = typer.Option(False, "--resume", help="Keep the cells finished by an interrupted run with the same settings."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the cells finished by an interrupted run with the same settings (a different model, pool or settings is refused)."),
     workdir: Optional[Path] = typer.Option(None, "--workdir", help="Folder of part files and the crafted pool (default: OUT.parts beside --out, e.g. sel.parts)."),
     part_lenses: int = typer.Option(4096, "--part-lenses", help="About this many lenses per part file (unit of resume)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (auto: CUDA when onnxruntime-gpu loads it)."),
@@ -46,7 +46,7 @@ def selection(
     keep_parts: bool = typer.Option(False, "--keep-parts", help="Keep the part files after a successful run."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and its size, write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (table, its .ecsv, plots, "
-                                   "--save-pool); an input is never written over."),
+                                   "--save-pool) and, without --resume, an earlier run's part files; an input is never written over."),
     allow_modified_model: bool = typer.Option(
         False, "--allow-modified-model", help="Use a model whose stored content hash does not verify (recorded in "
         "the table's provenance)."),
@@ -140,6 +140,7 @@ def selection(
     from deepmine.inference.identity import check_content_hash
     from deepmine.inference.model import get_model, resolve_model_path
     from deepmine.inference.pool import ReferencePool
+    from deepmine.inference.workdir import clear_parts
     from deepmine.lenscrafter.selection_plot import completeness_path
 
     out, out_ecsv = output_paths(out, (".fits", ".ecsv"), example="selection")
@@ -201,7 +202,7 @@ def selection(
 
         sel = selection_function(
             model_path, g, pool=pool, per_cell=n_cell, seed=seed, cut=cut, workdir=work, resume=resume,
-            part_lenses=part_lenses, device=device, threads=run.threads, batch_size=batch_size, progress=progress,
+            overwrite=overwrite, part_lenses=part_lenses, device=device, threads=run.threads, batch_size=batch_size, progress=progress,
             map_parts=run.map_parts, onto=source,
         )
     sel.provenance["pool_file"] = str(reference or pool_path)
@@ -217,11 +218,7 @@ def selection(
 
         plots = [plot_corner(sel, plot), plot_completeness(sel, completeness_path(plot))]
     if not keep_parts:
-        for part in work.glob("part-*.fits"):
-            part.unlink()
-        (work / "manifest.json").unlink(missing_ok=True)
-        if not any(work.iterdir()):
-            work.rmdir()
+        clear_parts(work)  # the stored pool (work/pool.fits) stays for a later run
     s = sel.summary()
     s.update({"wall_s": time.perf_counter() - t0, "pool_s": t_pool, "grid_s": time.perf_counter() - t1,
               "outputs": [str(p) for p in written + plots], "pool": str(reference or pool_path)})
