@@ -11,17 +11,13 @@ the figures). The machine is shared: figures are noisy.
 """
 import functools
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures_models import blobs, make_classifier  # noqa: E402
 
 from deepmine.inference.cluster import connect  # noqa: E402
 from deepmine.inference.model import get_model  # noqa: E402
@@ -34,7 +30,7 @@ BATCH = 128
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, make_classifier, blobs):
     d = tmp_path_factory.mktemp("bench_cluster")
     model = make_classifier(d / "conv.onnx", shape=(3, 64, 64), conv_channels=16)
     np.save(d / "cutouts.npy", blobs(N, shape=(3, 64, 64), seed=1))

@@ -1,6 +1,6 @@
 """Survey-scale merge (issue 22): part files → ranked Parquet dataset in a memory budget.
 
-A simulated scan (synthetic part files, no images: :mod:`tests/synthetic_parts.py`, parts of
+A simulated scan (synthetic part files, no images: the ``write_parts`` fixture of tests/conftest.py, parts of
 65,536 rows, 30 % rounded logits, 5 % saturated, 2 % null rows, id/name kept columns) is merged
 by :func:`deepmine.inference.merge_stream.stream_merge` into a partitioned Parquet dataset, in a
 child process so that its peak RSS is its own. Recorded in ``extra_info``: wall time, peak RSS,
@@ -25,9 +25,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synthetic_parts import write_parts  # noqa: E402
 
 PART_ROWS = 65_536
 BUDGET = 2_000_000_000
@@ -106,7 +103,7 @@ def _child(mode: str, folder: Path, out: Path) -> dict:
     return info
 
 
-def _bench(benchmark, tmp: Path, n: int) -> dict:
+def _bench(benchmark, tmp: Path, n: int, write_parts) -> dict:
     folder = tmp / f"parts-{n}"
     if not folder.is_dir():
         write_parts(folder, n, PART_ROWS, seed=n % 1000)
@@ -153,20 +150,20 @@ def workdir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n", [10**6, 10**7])
-def test_merge_scale(benchmark, workdir, n):
-    info = _bench(benchmark, workdir, n)
+def test_merge_scale(benchmark, workdir, n, write_parts):
+    info = _bench(benchmark, workdir, n, write_parts)
     assert info["peak_rss_bytes"] < BUDGET
     shutil.rmtree(workdir / f"parts-{n}", ignore_errors=True)
 
 
 @pytest.mark.scale
 @pytest.mark.skipif(os.environ.get("DEEPMINE_BENCH_1E8") != "1", reason="10^8 rows: set DEEPMINE_BENCH_1E8=1")
-def test_merge_1e8(benchmark, workdir):
+def test_merge_1e8(benchmark, workdir, write_parts):
     n = 10**8
     need = int(n * (112 + 60 + 60 + 8) * 1.1)  # parts, dataset, plain dataset, spill (bytes a row, 10^7 run)
     free = shutil.disk_usage(workdir).free
     if free < need and not (workdir / f"parts-{n}").is_dir():
         pytest.skip(f"10^8 rows need ~{need / 1e9:.0f} GB free in {workdir}; {free / 1e9:.0f} GB free")
-    info = _bench(benchmark, workdir, n)
+    info = _bench(benchmark, workdir, n, write_parts)
     assert info["peak_rss_bytes"] < BUDGET
     assert info["ratio_vs_plain"] <= 1.5

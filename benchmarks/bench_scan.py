@@ -30,8 +30,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures_models import blobs, make_classifier  # noqa: E402
 
 THREADS = 2
 BATCH = 256
@@ -80,7 +78,7 @@ def _torch_scan(model, npy: Path, spec) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["eznet", "lensflow"])
-def test_scan_throughput(benchmark, exported, tmp_path, name):
+def test_scan_throughput(benchmark, exported, tmp_path, name, blobs):
     from deepmine.inference.catalog import read_catalog
     from deepmine.inference.model import get_model
     from deepmine.inference.scanner import scan
@@ -169,7 +167,7 @@ def _peak_rss_mb(args) -> tuple[float, float]:
     return kb / 1024.0, seconds
 
 
-def test_scan_peak_memory(benchmark, tmp_path):
+def test_scan_peak_memory(benchmark, tmp_path, make_classifier):
     gigabytes = float(os.environ.get("DEEPMINE_BENCH_SCAN_GB", "1"))
     model = make_classifier(tmp_path / "tiny.onnx", shape=(3, 64, 64))
     figures = {}

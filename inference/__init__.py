@@ -2,7 +2,7 @@
 
 Model loading (ONNX + metadata), preprocessing, readers, the scanner, ranking, catalogues,
 mosaics and the ``deepmine`` command line. Nothing in this package imports torch, directly or
-indirectly (``tests/test_torch_free.py`` proves it with torch blocked).
+indirectly (``tests/integration/test_torch_free.py`` proves it with torch blocked).
 """
 from importlib import metadata as _metadata
 

@@ -58,7 +58,7 @@ def percentile_normalization(images, low: float = DEFAULT_LOW, high: float = DEF
     The percentiles are numpy's ``"linear"`` ones of the finite pixels, found by selection,
     not by sorting (:mod:`.preprocess_kernels`); a pixel ``v`` becomes
     ``floor(255·clip((v − lo)/(hi − lo), 0, 1) + 0.5)`` in float64. Models are trained on these
-    bytes: tests/test_preprocess_fast.py holds them equal to the sort-based definition.
+    bytes: tests/inference/test_preprocess_fast.py holds them equal to the sort-based definition.
     """
     if not (0.0 <= low < high <= 100.0):
         raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")

@@ -11,7 +11,7 @@ with the buffer's last entry) and counts ``m``. A second pass scales and rounds 
 the tails would be longer than :data:`MAX_TAIL` (wide percentiles, big cutouts) or a rank falls
 outside them, the finite values are copied and ``np.partition`` selects the ranks (O(npix), no
 full sort). The arithmetic after the selection is the sort-based kernel's, expression for
-expression, in float64, so the uint8 output is byte-identical to it (tests/test_preprocess_fast.py
+expression, in float64, so the uint8 output is byte-identical to it (tests/inference/test_preprocess_fast.py
 checks that against an independent numpy reference on random and adversarial inputs).
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ against the non-lens scenes > 0.995).
    for the model and (``--baseline``) a previous one, alternated in the same run.
 
 Seeds (disjoint from tools/build_bundled_model.sh's 101, 202, 404, 505, 606, the demo's 0/1,
-tools/sweep_bundled.py's 7 and tests/test_bundled_model.py's 9101–9104): 1701 onwards.
+tools/sweep_bundled.py's 7 and tests/integration/test_bundled_model.py's 9101–9104): 1701 onwards.
 """
 from __future__ import annotations
 

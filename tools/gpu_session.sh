@@ -41,7 +41,7 @@ ortgpu)
   PYTHONPATH=/tmp/ortgpu:/tmp/site deepmine info --providers ;;
 checks)
   export PYTHONPATH=/tmp/ortgpu:/tmp/site
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -15
+  python3 -m pytest -q -p no:cacheprovider tests/inference/test_gpu.py 2>&1 | tail -15
   timeout 200 python3 tools/gpu_check.py "$OUT/gpu" --steps providers,variants,parity 2>&1 | cut -c1-400 ;;
 rates)
   export PYTHONPATH=/tmp/ortgpu:/tmp/site
