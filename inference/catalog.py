@@ -123,7 +123,7 @@ def _ascii_safe_columns(table):
     return out
 
 
-def _write_fits_chunked(table, path: Path, chunk: int) -> None:
+def _write_fits_chunked(table, path: Path, chunk: int, extname: str = "CATALOG") -> None:
     """A one-BINTABLE FITS file written ``chunk`` rows at a time (memory: one chunk, not a copy
     of the whole table). Column formats come from the dtypes, which every chunk shares (a str
     column has one width for the whole table), so the rows are those of ``table_to_hdu(table)``."""
@@ -135,7 +135,7 @@ def _write_fits_chunked(table, path: Path, chunk: int) -> None:
     hdu = fits.table_to_hdu(plain[:0])
     for key, value in _fits_header_cards(table.meta):
         hdu.header[key] = value
-    hdu.header["EXTNAME"] = "CATALOG"
+    hdu.header["EXTNAME"] = extname
     hdu.header["NAXIS2"] = n
     row_bytes = hdu.header["NAXIS1"]
     with open(path, "wb") as fh:
@@ -202,8 +202,12 @@ def _write_ecsv_chunked(table, path: Path, chunk: int) -> None:
 
 
 def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = None, *,
-                  chunk: int = 50_000) -> dict[str, Path]:
+                  chunk: int = 50_000, extname: str = "CATALOG") -> dict[str, Path]:
     """Write ``table`` in each format, atomically; return {format: path}.
+
+    The one writer of deepmine's marked tables (scan catalogues, top lists, selection-function
+    tables): a marker and the provenance travel in ``table.meta``; ``extname`` names the FITS
+    table extension.
 
     Provenance keys of ``table.meta`` (upper case, ≤ 8 characters; see the module docstring)
     become FITS header cards (long strings continue over CONTINUE cards). FITS and ECSV are
@@ -215,7 +219,7 @@ def write_catalog(table, out: str | os.PathLike, formats: list[str] | None = Non
     for fmt, path in paths.items():
         if fmt == "fits":
             with atomic_path(path, suffix=".fits") as tmp:
-                _write_fits_chunked(table, tmp, chunk)
+                _write_fits_chunked(table, tmp, chunk, extname)
         elif fmt == "ecsv":
             with atomic_path(path, suffix=".ecsv") as tmp:
                 _write_ecsv_chunked(table, tmp, chunk)

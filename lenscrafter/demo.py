@@ -61,6 +61,7 @@ def craft_mock_survey(out_dir: Path, n_negatives: int, n_lenses: int, seed: int)
 def small_selection(model_path, pool_scores: np.ndarray, out_dir: Path, seed: int, per_cell: int = 6):
     """θ_E × arc-magnitude selection function against the survey's own non-lens pool."""
     from deepmine.inference.pool import ReferencePool
+    from deepmine.inference.workdir import clear_parts
 
     from .selection import selection_function
     from .selection_grid import SelectionGrid, make_axis
@@ -71,8 +72,10 @@ def small_selection(model_path, pool_scores: np.ndarray, out_dir: Path, seed: in
         others="prior", per_cell=per_cell,
     )
     pool = ReferencePool.from_scores(pool_scores, source="demo survey non-lens scenes")
+    # the demo owns its folder: an earlier run's parts are replaced, and removed once merged
     sel = selection_function(model_path, grid, pool=pool, seed=seed, workdir=out_dir / "selection.parts",
-                             out=out_dir / "selection.fits", threads=None)
+                             out=out_dir / "selection.fits", threads=None, overwrite=True)
+    clear_parts(out_dir / "selection.parts")
     plot = plot_completeness(sel, out_dir / "selection.png",
                              title="Demo selection function (ordinality > 0.995 vs the survey's non-lenses)")
     return sel, plot

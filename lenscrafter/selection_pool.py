@@ -16,7 +16,7 @@ import numpy as np
 from deepmine.inference.errors import InputError, file_error
 from deepmine.inference.formats import HSC_BANDS
 
-__all__ = ["build_reference_pool", "score_negatives_file", "select_bands", "get_pool", "CRAFT_BANDS",
+__all__ = ["build_reference_pool", "score_negatives_file", "select_bands", "get_pool", "stored_pool", "CRAFT_BANDS",
            "DEFAULT_POOL_SIZE", "POOL_CHUNK"]
 
 #: Negatives crafted for a reference pool when none is given (its top 0.5 % = 100 objects).
@@ -58,6 +58,25 @@ def get_pool(pool):
         return _POOLS[key]
     return ReferencePool(np.asarray(pool))
 
+
+
+def stored_pool(path, model, *, seed: int | None, n: int, source: str):
+    """The pool stored at ``path`` by an earlier run, if it was scored by ``model`` (scoring
+    identity) from the same negatives (``source``: "lenscrafter negatives" with ``seed``, or the
+    path of the user's cutouts) and ``n`` of them; else None (it is then rebuilt and replaced).
+
+    ``deepmine selection`` keeps its pool in the work folder (``OUT.parts/pool.fits``), so a
+    resumed or repeated run does not craft and score it again.
+    """
+    from deepmine.inference.pool import ReferencePool
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    pool = ReferencePool.load(p)
+    prov = pool.provenance
+    have = (prov.get("scoring_id"), prov.get("seed"), prov.get("n_negatives"), prov.get("source"))
+    return pool if have == (model.scoring_id, seed, n, source) else None
 
 
 # --------------------------------------------------------------------------------------

@@ -166,15 +166,9 @@ class SelectionFunction:
 
         ``path`` may end in ``.fits`` or ``.ecsv``; the other format goes beside it.
         """
-        from deepmine.inference.atomic import atomic_path
+        from deepmine.inference.catalog import write_catalog
 
-        fits_path, ecsv_path = table_paths(path)
-        t = self._table_with_meta()
-        with atomic_path(fits_path, suffix=".fits") as tmp:
-            t.write(tmp, format="fits", overwrite=True)
-        with atomic_path(ecsv_path, suffix=".ecsv") as tmp:
-            t.write(tmp, format="ascii.ecsv", overwrite=True)
-        return [fits_path, ecsv_path]
+        return list(write_catalog(self._table_with_meta(), path, ["fits", "ecsv"], extname="SELECTION").values())
 
     @classmethod
     def load(cls, path) -> SelectionFunction:

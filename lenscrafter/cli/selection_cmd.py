@@ -97,6 +97,7 @@ def selection(
         selection_function,
     )
     from deepmine.lenscrafter.selection_grid import default_grid, read_grid
+    from deepmine.lenscrafter.selection_pool import stored_pool
 
     if reference is not None and negatives is not None:
         raise InputError("--reference and --negatives exclude each other: give a stored pool or cutouts to score")
@@ -160,14 +161,10 @@ def selection(
     pool_path = Path(save_pool) if save_pool is not None else work / "pool.fits"
     if reference is not None:
         pool = ReferencePool.load(existing_file(reference, "reference pool"))
-    elif save_pool is None and pool_path.exists() and negatives is None:
+    elif save_pool is None and negatives is None:
         # a pool this command made before with the same model and settings: reuse it
-        pool = ReferencePool.load(pool_path)
-        prov = pool.provenance
-        want = ((m.scoring_id, seed, pool_size, "lenscrafter negatives") if source is None else
-                (m.scoring_id, None, source.n, str(source.path)))
-        if (prov.get("scoring_id"), prov.get("seed"), prov.get("n_negatives"), prov.get("source")) != want:
-            pool = None
+        pool = (stored_pool(pool_path, m, seed=seed, n=pool_size, source="lenscrafter negatives") if source is None
+                else stored_pool(pool_path, m, seed=None, n=source.n, source=str(source.path)))
     else:
         pool = None
     if pool is None:
