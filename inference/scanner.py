@@ -204,7 +204,6 @@ def scan(
     Resume plans, catalogues (``DM_SCID``) and the reference-pool check use the model's scoring
     identity (:mod:`deepmine.inference.identity`).
     """
-    from . import __version__
     from .atomic import check_outputs
     from .catalog import FOLDER_FORMATS, catalog_paths, parse_formats, write_catalog
     from .catalog_stream import choose_merge
@@ -308,6 +307,8 @@ def scan(
     spec_index = np.asarray(table["spec_index"])
     table.remove_column("spec_index")
     seconds = time.perf_counter() - t0
+    from . import __version__
+
     table.meta.update(_provenance(model, specs, b, threads, len(table), skipped, __version__, FLAG_BITS))
     if pool is not None:
         table.meta["DM_REF"] = str(reference) if not isinstance(reference, ReferencePool) else "in-memory pool"

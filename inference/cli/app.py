@@ -18,7 +18,6 @@ from typing import Optional
 
 import typer
 
-from .. import __version__
 from ..errors import DeepmineError
 
 
@@ -63,6 +62,8 @@ _app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        from .. import __version__
+
         typer.echo(f"deepmine {__version__}")
         raise typer.Exit(0)
 
