@@ -400,7 +400,36 @@ def metadata_for(model, training: dict | None = None, **overrides) -> ModelMetad
     return meta
 
 
-def export_checkpoint(ckpt_path, out_path, *, selection=None, **kwargs) -> Path:
+#: Largest evaluation JSON accepted into a model's metadata (the metadata travels in every copy).
+MAX_EVALUATION_BYTES = 256 * 1024
+
+
+def read_evaluation(path) -> dict:
+    """An evaluation JSON object for ``metadata.extra["evaluation"]``, with its file name and sha256.
+
+    Raises :class:`~deepmine.inference.errors.InputError` (one line naming the file) when it is
+    missing, larger than :data:`MAX_EVALUATION_BYTES`, or not a JSON object.
+    """
+    import json
+
+    from deepmine.inference.errors import file_error
+    from deepmine.inference.metadata import file_sha256
+
+    p = Path(path)
+    if not p.is_file():
+        raise file_error(p, "evaluation file not found")
+    if p.stat().st_size > MAX_EVALUATION_BYTES:
+        raise file_error(p, f"evaluation file larger than {MAX_EVALUATION_BYTES // 1024} KiB; keep the figures only")
+    try:
+        figures = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise file_error(p, f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(figures, dict):
+        raise file_error(p, "expected a JSON object of figures")
+    return {**figures, "file": p.name, "file_sha256": file_sha256(p)}
+
+
+def export_checkpoint(ckpt_path, out_path, *, selection=None, evaluation=None, **kwargs) -> Path:
     """Export a training checkpoint (:func:`deepmine.training.checkpoint.load_checkpoint`).
 
     The architecture, its configuration, input shape, bands, pixel scale and preprocessing come
@@ -408,8 +437,11 @@ def export_checkpoint(ckpt_path, out_path, *, selection=None, **kwargs) -> Path:
     data hashes, epochs, held-out ranking performance) becomes ``metadata.training``.
     ``selection``, a selection-function table (``deepmine selection`` output) measured on an
     export of the same checkpoint, is digested into ``metadata.extra["selection"]``
-    (:func:`deepmine.lenscrafter.selection.selection_summary`). Other keyword arguments are
-    those of :func:`export_model`.
+    (:func:`deepmine.lenscrafter.selection.selection_summary`). ``evaluation``, a JSON object
+    measured on an export of the same checkpoint (``tools/evaluate_bundled.py``'s
+    ``evaluation.json``: figures on shifted lenses, arc-less lens galaxies, real galaxies), goes
+    into ``metadata.extra["evaluation"]`` with its file name and sha256. Other keyword arguments
+    are those of :func:`export_model`.
     """
     from .checkpoint_io import load, training_provenance
 
@@ -419,9 +451,12 @@ def export_checkpoint(ckpt_path, out_path, *, selection=None, **kwargs) -> Path:
         from deepmine.lenscrafter.selection import selection_summary
 
         digest = selection_summary(selection)
+    figures = read_evaluation(evaluation) if evaluation is not None else None
     model, info = load(ckpt_path)
     meta = metadata_for(model, training_provenance(info, ckpt_path))
     if digest is not None:
         meta.extra = {**meta.extra, "selection": digest}
+    if figures is not None:
+        meta.extra = {**meta.extra, "evaluation": figures}
     example = np.zeros((2, *meta.input_shape), dtype=np.float32)
     return export_model(model, out_path, meta, example, **kwargs)

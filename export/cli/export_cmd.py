@@ -50,6 +50,10 @@ def export(
         None, "--selection", help="Selection-function table (deepmine selection --out) measured on an export of "
         "this checkpoint: its summary (overall and per-axis completeness, grid, pool) goes into the metadata.",
     ),
+    evaluation: Optional[Path] = typer.Option(
+        None, "--evaluation", help="Evaluation figures (a JSON object, e.g. tools/evaluate_bundled.py's "
+        "evaluation.json) measured on an export of this checkpoint: stored in the metadata as extra.evaluation.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the written model's metadata as JSON on stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out model; an input is never "
                                    "written over."),
@@ -81,7 +85,7 @@ def export(
     from deepmine.inference.formats import output_paths
 
     out = output_paths(out, (".onnx",), known=(".onnx",), example="model")[0]
-    check_outputs([out], [checkpoint, calibration, cutouts, labels, selection], overwrite)
+    check_outputs([out], [checkpoint, calibration, cutouts, labels, selection, evaluation], overwrite)
     cal = _load_npy(calibration, "calibration cutouts") if calibration is not None else None
     chk = _load_npy(cutouts, "check cutouts") if cutouts is not None else None
     lab = _load_npy(labels, "labels") if labels is not None else None
@@ -97,6 +101,7 @@ def export(
         path = export_checkpoint(
             checkpoint, out, check=check, atol=atol, int8_calibration=cal, fp16=fp16, optimize=optimize,
             optimization_level=level, check_cutouts=chk, check_labels=lab, log=log, selection=selection,
+            evaluation=evaluation,
             graph_input=graph_input,
         )  # fmt: skip
     meta, props = read_metadata(path)
@@ -142,6 +147,8 @@ def _summary(path: Path, meta, props: dict) -> None:
     if sel:
         say(f"selection  {sel['detected']:,} of {sel['lenses']:,} grid lenses detected ({sel['fraction']:.1%}, "
             f"ordinality > {sel['cut']}) — from {sel['file']}")
+    if meta.extra.get("evaluation"):
+        say(f"evaluation {meta.extra['evaluation']['file']} ({meta.extra['evaluation']['file_sha256'][:19]}…)")
     say(f"hash       {props.get('deepmine.content_hash')}")
 
 

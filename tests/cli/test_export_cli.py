@@ -144,3 +144,26 @@ def test_export_without_check_or_optimisation(tmp_path, cli, export_checkpoint):
     assert "parity     not checked (--no-check)" in stdout
     meta, _ = read_metadata(out)
     assert meta.parity == {"checked": False} and meta.extra["export"]["optimization"] == "none"
+
+
+def test_evaluation_figures_go_into_the_metadata(tmp_path, cli, export_checkpoint):
+    """--evaluation: a JSON object of figures measured on an export of the checkpoint (issue 17:
+    the bundled model carries its σ curve) lands in metadata.extra["evaluation"], with the file
+    name and sha256; a file that is not a JSON object is one line naming it."""
+    from deepmine.inference.metadata import file_sha256
+
+    ckpt, _ = export_checkpoint(tmp_path, "lensflow")
+    ev = tmp_path / "evaluation.json"
+    ev.write_text(json.dumps({"sigmas": [0.0, 0.2], "offsets": {"default": {"0.2": {"rp": 0.5}}}}))
+    out = tmp_path / "m.onnx"
+    rc, _, err = cli("export", ckpt, "--out", out, "--evaluation", ev)
+    assert rc == 0, err and "evaluation evaluation.json" in err
+    got = read_metadata(out)[0].extra["evaluation"]
+    assert got["offsets"]["default"]["0.2"]["rp"] == 0.5 and got["file"] == "evaluation.json"
+    assert got["file_sha256"] == file_sha256(ev)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    _one_line_error(*cli("export", ckpt, "--out", tmp_path / "b.onnx", "--evaluation", tmp_path / "list.json"),
+                    "list.json", "expected a JSON object")
+    (tmp_path / "bad.json").write_text("{oops")
+    _one_line_error(*cli("export", ckpt, "--out", tmp_path / "b.onnx", "--evaluation", tmp_path / "bad.json"),
+                    "bad.json", "not valid JSON")
