@@ -35,11 +35,17 @@ def scored():
 def test_metadata_records_heldout_rp_selection_and_stages():
     meta, props = read_metadata(BUNDLED)
     assert meta.architecture == "eznet" and meta.precision == "fp32" and meta.parity["passed"]
-    assert meta.training["recipe_name"] == "demo-anneal" and meta.training["heldout"]["ranking_performance"] > 0.97
-    # stage 1: recipe demo (the shipped model's stage 1 ran as the sweep's "w24", epochs 1-6 of 12;
-    # docs/recipes.md)
+    # held out: 4,000 lenses (source m_g 21.5-25.5, θ_E 0.6-3″, offset by 0.2″ rms) and 4,000
+    # non-lens scenes of the HSC-Wide sky; 0.836 measured for the 2-core build (docs/benchmarks.md)
+    assert meta.training["recipe_name"] == "demo-anneal" and meta.training["heldout"]["ranking_performance"] > 0.8
+    # stage 1: recipe demo, 9 cosine-annealed epochs (docs/recipes.md)
     init = meta.training["init"]
-    assert init["recipe_name"] in ("demo", "w24") and init["epochs"] == 6 and init["sha256"].startswith("sha256:")
+    assert init["recipe_name"] == "demo" and init["epochs"] == 9 and init["sha256"].startswith("sha256:")
+    # the figures of issue 17 travel with the model: lenses moved by 0-0.3″, arc-less lens
+    # galaxies, real galaxies (tools/evaluate_bundled.py on an export of the same checkpoint)
+    ev = meta.extra["evaluation"]
+    assert ev["sigmas"] == [0.0, 0.1, 0.2, 0.3] and set(ev["offsets"]) == {"default", "demo"}
+    assert ev["offsets"]["demo"]["0.2"]["rp"] > 0.85 and max(ev["arcless"].values()) < 0.01
     sel = meta.extra["selection"]
     assert sel["lenses"] == 65536 and 0 < sel["fraction"] < 1 and sel["cut"] == 0.995
     assert {a["name"] for a in sel["axes"]} >= {"theta_e", "m_arc", "m_fg"}
@@ -55,20 +61,18 @@ def test_finds_demo_lenses_by_their_arcs_not_by_centred_galaxies(scored):
     assert ranking_performance(lenses, arcless) > 0.7
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the bundled model predates LensCrafter's HSC-Wide field population "
-                   "(trained on sparse scenes): RP 0.93 on demo lenses against today's non-lens scenes; a rebuild "
-                   "needs a GPU-length run (docs/benchmarks.md)")
+@pytest.mark.xfail(strict=True, reason="issue 17: the 2-core build of the bundled model is under-trained (its "
+                   "held-out RP was still rising): RP 0.92 on demo lenses against today's non-lens scenes, 40 % "
+                   "above the 99.5 % cut; a longer (GPU) run of the same build is expected to pass (docs/benchmarks.md)")
 def test_finds_demo_lenses_on_todays_sky_as_well_as_on_the_sky_it_was_trained_on(scored):
     neg, lenses, _, _ = scored
     assert ranking_performance(lenses, neg) > 0.97
     assert np.mean(ordinality_against(lenses, neg) > 0.995) > 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: the bundled model was trained on lenses at the cutout "
-                                       "centre (RP 0.986 centred, 0.69 for 0.2″ rms offsets; docs/benchmarks.md)")
 def test_off_centre_lenses_score_like_centred_ones(scored):
-    """What a rebuild on off-centre lenses (lenscrafter.offset_lenses, stage 1 included) should
-    give: lenses moved by 0.2″ rms rank about as well as lenses at the centre. Strict xfail: when
-    a rebuilt model passes, this test fails until the mark is removed."""
+    """Trained on off-centre lenses from the first epoch (lenscrafter.offset_lenses, σ = 0.2″,
+    plus 2-pixel shifts): lenses moved by 0.2″ rms rank about as well as lenses at the centre
+    (the previous, centred-lens model fell from RP 0.94 to 0.69 on demo lenses)."""
     neg, lenses, _, moved = scored
     assert ranking_performance(moved, neg) > ranking_performance(lenses, neg) - 0.03
