@@ -76,10 +76,13 @@ PY
 [ -f "$W/hard.npy" ] || deepmine craft --n 20000 --negatives --kinds ring,blend,artefact,elliptical \
     --out "$W/hard.npy" --seed 505
 DATA=(--positives "$W/lenses.npy" --negatives "$W/negatives.npy" --negatives "$W/hard.npy")
+# an interrupted stage (a checkpoint without its model.pt) continues where it stopped, bit for bit:
+# a long CPU build can be run in several sittings by rerunning this script with the same settings
+resume() { [ -f "$1/checkpoint.pt" ] && [ ! -f "$1/model.pt" ] && echo --resume || true; }
 [ -f "$W/stage1/model.pt" ] || deepmine train eznet demo "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
-    --out "$W/stage1" --device "$DEVICE" --plot \
+    --out "$W/stage1" --device "$DEVICE" --plot $(resume "$W/stage1") \
     ${STAGE1_SET[@]+"${STAGE1_SET[@]}"}
-[ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" \
+[ -f "$W/stage2/model.pt" ] || deepmine train eznet demo-anneal "${DATA[@]}" --extra-negatives "$W/arcless.npy" $(resume "$W/stage2") \
     --init "$W/stage1/model.pt" --out "$W/stage2" --device "$DEVICE" --plot ${STAGE2_SET[@]+"${STAGE2_SET[@]}"}
 fi
 # TRAIN_ONLY=1: stop here (train on a GPU machine, bring WORKDIR's offset_sigma, stage1/ and
