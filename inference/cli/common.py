@@ -69,6 +69,13 @@ def _progress_interval() -> float:
         return 60.0
 
 
+def _rate(per_second: float) -> str:
+    """Units per second with the digits that matter: ``1,234/s``, ``12.3/s``, ``0.55/s``."""
+    if per_second >= 100:
+        return f"{per_second:,.0f}/s"
+    return f"{per_second:.1f}/s" if per_second >= 1 else f"{per_second:.2f}/s"
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -97,7 +104,7 @@ def progress_bar(transient: bool = False) -> Iterator:
             def advance(k: int = 1, note: str = "") -> None:
                 done[0] += k
                 now = time.perf_counter()
-                rate = note or f"{done[0] / max(now - t0, 1e-9):,.0f}/s"
+                rate = note or _rate(done[0] / max(now - t0, 1e-9))
                 prog.update(tid, advance=k, rate=rate)
                 if lines and now - last[0] >= every:
                     last[0] = now

@@ -259,6 +259,7 @@ def test_long_work_off_a_terminal_writes_plain_progress_lines(monkeypatch, capsy
     lines = [ln for ln in err.splitlines() if ln.startswith("crafting lenses: ")]
     assert lines[0].startswith("crafting lenses: 1/4 (25 %), ") and lines[0].endswith(" elapsed")
     assert any(ln.startswith("crafting lenses: 4/4 (100 %)") for ln in lines)
+    assert (common._rate(1234.4), common._rate(12.34), common._rate(0.554)) == ("1,234/s", "12.3/s", "0.55/s")
 
     monkeypatch.setenv("DEEPMINE_PROGRESS_EVERY", "0")
     with common.progress_bar() as open_stage:
