@@ -177,7 +177,7 @@ def run_shard(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    part, marker = part_paths(shard, out)
+    part = part_paths(shard, out)[0]
     if shard_done(shard, out):
         if progress is not None:
             progress(shard.n)
