@@ -21,7 +21,7 @@ pytest.importorskip("distributed")
 
 from deepmine.inference.cluster import connect  # noqa: E402
 from deepmine.inference.model import get_model  # noqa: E402
-from deepmine.inference.scanner import scan  # noqa: E402
+from deepmine.inference.scan.scanner import scan  # noqa: E402
 
 N = 4096  # cutouts, 3×64×64 uint8 (50 MB)
 SHARD = 256  # objects per shard: 16 shards, 8 per worker (the default, 4096, would give 1)

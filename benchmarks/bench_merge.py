@@ -2,7 +2,7 @@
 
 A simulated scan (synthetic part files, no images: the ``write_parts`` fixture of tests/conftest.py, parts of
 65,536 rows, 30 % rounded logits, 5 % saturated, 2 % null rows, id/name kept columns) is merged
-by :func:`deepmine.inference.merge_stream.stream_merge` into a partitioned Parquet dataset, in a
+by :func:`deepmine.inference.catalog.merge.stream_merge` into a partitioned Parquet dataset, in a
 child process so that its peak RSS is its own. Recorded in ``extra_info``: wall time, peak RSS,
 bytes read and written, rank passes, the in-memory merge it replaces (10^6, 10^7), and the
 ratio to the **plain read + write of the same bytes** — every part read whole and its columns written to a Parquet dataset with the same
@@ -36,9 +36,9 @@ _CHILD = textwrap.dedent("""
     parts = sorted(folder.glob("part-*.npz"))
     import numpy as np
     from astropy.table import Table
-    from deepmine.inference.catalog_dataset import ParquetDatasetWriter, arrow_schema, write_blocks
+    from deepmine.inference.catalog.dataset import ParquetDatasetWriter, arrow_schema, write_blocks
     if mode == "merge":
-        from deepmine.inference.merge_stream import stream_merge
+        from deepmine.inference.catalog.merge import stream_merge
     t0 = time.perf_counter()  # imports (Numba, pyarrow, astropy: ~1.5 s) left out of both timings
     info = {}
     if mode == "merge":
@@ -67,8 +67,8 @@ _CHILD = textwrap.dedent("""
         w.close()
         info["rows"] = rows
     elif mode == "memory":  # the in-memory merge (before issue 22): one Table, then Parquet
-        from deepmine.inference.catalog import write_catalog
-        from deepmine.inference.shards import merge_parts
+        from deepmine.inference.catalog.io import write_catalog
+        from deepmine.inference.scan.shards import merge_parts
         table = merge_parts(parts)
         info["rows"] = len(table)
         write_catalog(table, out.with_suffix(".parquet"), ["parquet"])

@@ -2,7 +2,7 @@
 
 Run: ``python -m pytest benchmarks/bench_scan.py --benchmark-only -q -s``
 
-* ``test_scan_throughput[eznet|lensflow]``: end-to-end :func:`deepmine.inference.scanner.scan`
+* ``test_scan_throughput[eznet|lensflow]``: end-to-end :func:`deepmine.inference.scan.scanner.scan`
   of a uint8 ``.npy`` on disk (catalogue written) vs. (a) bare ``InferenceSession.run`` on
   in-memory, already-preprocessed fixed batches (same model file, batch size, threads and
   session options), and (b) a torch-eager scan (numpy preprocessing with the same
@@ -79,9 +79,9 @@ def _torch_scan(model, npy: Path, spec) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["eznet", "lensflow"])
 def test_scan_throughput(benchmark, exported, tmp_path, name, blobs):
-    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.catalog.io import read_catalog
     from deepmine.inference.model import get_model
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     torch_model, path = exported[name]
     model = get_model(path, "cpu", THREADS)

@@ -28,13 +28,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from deepmine.inference.metadata import ModelMetadata  # noqa: E402
 from deepmine.inference.model import get_model  # noqa: E402
 from deepmine.lenscrafter import craft_lenses  # noqa: E402
-from deepmine.lenscrafter.selection import (  # noqa: E402
+from deepmine.lenscrafter.selection.grid import SelectionGrid, default_grid, make_axis  # noqa: E402
+from deepmine.lenscrafter.selection.measure import (  # noqa: E402
     build_reference_pool,
     chunks_of,
     lens_params_for_cells,
     selection_function,
 )
-from deepmine.lenscrafter.selection_grid import SelectionGrid, default_grid, make_axis  # noqa: E402
 
 PER_CELL = 256
 ROUNDS = 2

@@ -24,9 +24,9 @@ _LAZY = {
     **dict.fromkeys(("magnitude_to_flux", "sersic", "sersic_amp_from_flux", "sersic_total_flux",
                      "sie_deflection"), ".profiles"),
     "craft_lenses": ".synth",
-    **dict.fromkeys(("arc_snr", "paint_arcs"), ".paint"),
-    "measure_light": ".galaxy_light",
-    **dict.fromkeys(("craft_onto", "read_deflectors"), ".onto"),
+    **dict.fromkeys(("arc_snr", "paint_arcs"), ".paint.arcs"),
+    "measure_light": ".paint.galaxy_light",
+    **dict.fromkeys(("craft_onto", "read_deflectors"), ".paint.onto"),
     "field_population": ".field",
 }
 

@@ -9,7 +9,7 @@ Steps (all torch-free, everything written to one folder):
    be found by eye (source m_g 22–24, θ_E 1–2.5″) and moved off the cutout centre as a whole by
    N(0, 0.1″) per axis (:data:`DEMO_OFFSET_SIGMA`), as catalogue positions are — the demo shows
    the mining loop, the selection function shows where it stops working.
-2. Scan it with the bundled model (:func:`deepmine.inference.scanner.scan`): catalogue (FITS,
+2. Scan it with the bundled model (:func:`deepmine.inference.scan.scanner.scan`): catalogue (FITS,
    ECSV), the top 0.5 % (ordinality > 0.995) and their mosaic.
 3. Rank: ranking performance of the hidden lenses against the non-lens scenes and how many
    lenses rank in the survey's top 0.5 % (ordinality against the non-lens scenes > 0.995: a
@@ -60,12 +60,12 @@ def craft_mock_survey(out_dir: Path, n_negatives: int, n_lenses: int, seed: int)
 
 def small_selection(model_path, pool_scores: np.ndarray, out_dir: Path, seed: int, per_cell: int = 6):
     """θ_E × arc-magnitude selection function against the survey's own non-lens pool."""
-    from deepmine.inference.pool import ReferencePool
-    from deepmine.inference.workdir import clear_parts
+    from deepmine.inference.ranking.pool import ReferencePool
+    from deepmine.inference.scan.workdir import clear_parts
 
-    from .selection import selection_function
-    from .selection_grid import SelectionGrid, make_axis
-    from .selection_plot import plot_completeness
+    from .selection.grid import SelectionGrid, make_axis
+    from .selection.measure import selection_function
+    from .selection.plot import plot_completeness
 
     grid = SelectionGrid(
         axes=[make_axis("theta_e", 0.3, 3.0, 6, "log"), make_axis("m_arc", 21.0, 26.0, 5)],
@@ -88,8 +88,8 @@ def run_demo(out_dir, *, n_negatives: int = 3000, n_lenses: int = 40, seed: int 
     ``progress`` is a :class:`deepmine.inference.progress.Progress` (or None) for the scan."""
     from deepmine.inference.model import resolve_model_path
     from deepmine.inference.ranking import ordinality_against, ranking_performance, tracer_recovery_curve
-    from deepmine.inference.scanner import scan
-    from deepmine.inference.trcplot import plot_trc
+    from deepmine.inference.ranking.trcplot import plot_trc
+    from deepmine.inference.scan.scanner import scan
 
     if n_negatives < 200 or n_lenses < 1:
         raise InputError(f"--negatives must be >= 200 and --lenses >= 1, got {n_negatives} and {n_lenses}")

@@ -154,7 +154,7 @@ def _blobs(n, shape=(3, 64, 64), seed=0, dtype=np.uint8):
 
 
 # -- synthetic scan part files (no images) ----------------------------------------------------------
-# The arrays :func:`deepmine.inference.shards.run_shard` writes, with heavy ties, null (not ranked)
+# The arrays :func:`deepmine.inference.scan.shards.run_shard` writes, with heavy ties, null (not ranked)
 # rows, ±0.0 logits and gaps in the ids, for the streamed-merge and ranking tests.
 _FLAG_BLANK = 2
 _FLAG_EDGE = 4
@@ -235,7 +235,7 @@ def _make_scan(folder: Path, n: int = 40, sources: int = 1, dtype=np.uint8, fmt:
     """Cutout stacks ``stack{k}.npy`` and the scan catalogue ``scan.<fmt>`` pointing at them."""
     from astropy.table import Table
 
-    from deepmine.inference.catalog import write_catalog
+    from deepmine.inference.catalog.io import write_catalog
 
     rng = np.random.default_rng(1)
     per = n // sources
@@ -271,7 +271,7 @@ def _reader_meta():
 
 def _read_all(spec, meta=None, **kw):
     """Every cutout of one input spec as one block (``meta`` defaults to :func:`_reader_meta`)."""
-    from deepmine.inference.readers import read_block
+    from deepmine.inference.inputs.readers import read_block
 
     return read_block(spec, 0, spec.n, meta if meta is not None else _reader_meta(), **kw)
 

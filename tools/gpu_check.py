@@ -9,7 +9,7 @@ limit still leaves what it measured):
 2. ``variants``: the bundled EZnet as fp32/fp16 × float/uint8 graph input, and an untrained
    LensFlow (fp32/fp16), made by tools/gpu_variants.py.
 3. ``parity``: the demo survey (3,000 non-lens scenes + 200 lenses, LensCrafter, seed 0)
-   scanned with :func:`deepmine.inference.scanner.scan` on ``--device`` and on the CPU: the
+   scanned with :func:`deepmine.inference.scan.scanner.scan` on ``--device`` and on the CPU: the
    provider recorded, max |Δ logit| against the CPU scan of the same model, RP of each, ΔRP.
 4. ``bare``: the session alone — input already on the device (an OrtValue), outputs kept
    there (IOBinding), for each variant × batch 256…8192.
@@ -61,7 +61,7 @@ def bare_rate(path: Path, device: str, batch: int, seconds: float) -> float:
 
 
 def scan_rate(stack: Path, model: Path, device: str, batch: int, work: Path, threads=None) -> dict:
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     out = work / f"scan-{model.stem}-{device}-{batch}.fits"
     t0 = time.perf_counter()

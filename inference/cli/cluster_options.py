@@ -38,12 +38,12 @@ class ClusterRun:
 
     @property
     def executor(self) -> Callable | None:
-        """``executor`` for :func:`deepmine.inference.scanner.scan` (None without a cluster)."""
+        """``executor`` for :func:`deepmine.inference.scan.scanner.scan` (None without a cluster)."""
         return None if self.backend is None else self.backend.executor
 
     @property
     def map_parts(self) -> Callable | None:
-        """``map_parts`` for :func:`deepmine.lenscrafter.selection.selection_function`."""
+        """``map_parts`` for :func:`deepmine.lenscrafter.selection.measure.selection_function`."""
         return None if self.backend is None else self.backend.map_parts
 
     def close(self) -> None:

@@ -74,8 +74,8 @@ def serve(
     """Serve a local page to view and grade the top candidates: A / B / C (lens grades), N (not a
     lens), X (artefact), U undo, arrows to move. Every grade is saved at once; restarting
     resumes. Stop with Ctrl-C."""
-    from ..inspect_app import InspectSession
-    from ..inspect_server import make_server, server_url
+    from ..inspect.app import InspectSession
+    from ..inspect.server import make_server, server_url
 
     existing_file(catalog, "catalogue")
     for c in cutouts or []:
@@ -128,7 +128,7 @@ def export(
     for `deepmine train ... --extra-negatives fp.npy --extra-positives found.npy`; a
     `<name>.rows.ecsv` beside each lists the catalogue rows it holds."""
     from ..atomic import check_outputs
-    from ..inspect_export import export_grades, rows_path
+    from ..inspect.export import export_grades, rows_path
 
     for g in grades:
         existing_file(g, "grades file")

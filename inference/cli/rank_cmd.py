@@ -39,10 +39,10 @@ def rank(
     from ..atomic import check_outputs
     from ..errors import InputError
     from ..formats import check_plot_path, is_fits
-    from ..pool import POOL_MARKER, ReferencePool
-    from ..ranking import fraction_above, ranking_performance, tracer_recovery_curve
-    from ..ranking_stream import is_parquet_source, sorted_scores_from_parquet, tracer_counts
-    from ..scorefile import checked_scores, scoring_id_of
+    from ..ranking.kernels import fraction_above, ranking_performance, tracer_recovery_curve
+    from ..ranking.pool import POOL_MARKER, ReferencePool
+    from ..ranking.scorefile import checked_scores, scoring_id_of
+    from ..ranking.stream import is_parquet_source, sorted_scores_from_parquet, tracer_counts
 
     streamed = is_parquet_source(scores)
     if not streamed:
@@ -99,7 +99,7 @@ def _report(rp, frac, cut, n_tr, n_neg, as_json, *, plot, curve, tracers, scores
         pool().save(save_pool)
         result["pool"] = str(save_pool)
     if plot is not None:
-        from ..trcplot import plot_trc
+        from ..ranking.trcplot import plot_trc
 
         plot_trc(curve(), plot, rp=rp, cut=cut, n_negatives=int(n_neg),
                  title=f"Tracer recovery curve: {tracers.name} vs {scores.name}")

@@ -74,11 +74,11 @@ def scan(
     The model's metadata decides band order, cutout size and preprocessing; inputs that do not
     fit are refused. Work is sharded: an interrupted scan continues with --resume.
     """
-    from ..catalog import parse_formats
+    from ..catalog.io import parse_formats
     from ..errors import InputError
-    from ..layout import InputLayout
     from ..mosaic import STRETCHES
-    from ..scanner import scan as run_scan
+    from ..scan.layout import InputLayout
+    from ..scan.scanner import scan as run_scan
 
     top_value = parse_fraction_or_count(top, "--top") if top is not None else None
     if stretch not in STRETCHES:

@@ -1,7 +1,7 @@
 """Distributed scans and selection functions on Dask (the ``[cluster]`` extra).
 
 The unit of distributed work is the same plain, picklable function a local run uses —
-:func:`deepmine.inference.shards.run_shard` for a scan, :func:`deepmine.lenscrafter.selection.run_cells`
+:func:`deepmine.inference.scan.shards.run_shard` for a scan, :func:`deepmine.lenscrafter.selection.measure.run_cells`
 for a selection function — mapped over shards with :meth:`Backend.map`::
 
     with connect("local", workers=2) as backend:            # or "tcp://HOST:PORT", "slurm"

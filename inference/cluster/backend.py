@@ -237,7 +237,7 @@ class Backend:
         return out
 
     def executor(self, fn: Callable, shards: Sequence) -> Iterator[tuple[Any, Any]]:
-        """The ``executor(fn, shards)`` hook of :func:`deepmine.inference.scanner.scan`: yields
+        """The ``executor(fn, shards)`` hook of :func:`deepmine.inference.scan.scanner.scan`: yields
         ``(shard, part path or DeepmineError)`` as shards finish (the scanner counts progress).
 
         A ``functools.partial`` whose ``threads`` keyword is None gets
@@ -249,7 +249,7 @@ class Backend:
             yield shards[i], value
 
     def map_parts(self, fn: Callable, items: Sequence) -> Iterator:
-        """``map_parts(fn, items)`` hook of :func:`deepmine.lenscrafter.selection.selection_function`:
+        """``map_parts(fn, items)`` hook of :func:`deepmine.lenscrafter.selection.measure.selection_function`:
         results as they finish (the caller counts progress itself)."""
         for _, value in self.imap_unordered(fn, items, progress=None):
             yield value

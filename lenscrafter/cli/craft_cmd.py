@@ -296,7 +296,7 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
     import numpy as np
 
     from deepmine.inference.cli.common import progress_bar
-    from deepmine.lenscrafter.onto import craft_onto
+    from deepmine.lenscrafter.paint.onto import craft_onto
 
     for opt, bad in (("--n", n is not None), ("--params", params is not None), ("--negatives", negatives),
                      ("--kinds", kinds is not None), ("--field", field is not None), ("--no-psf", no_psf),

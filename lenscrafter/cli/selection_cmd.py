@@ -90,14 +90,14 @@ def selection(
     each crafted and scanned once (the default grid: 16,384 cells × 4 = 65,536 lenses, plus a
     20,000-negative pool; a few minutes on 2 cores; time grows linearly with cells × per-cell).
     """
-    from deepmine.lenscrafter.selection import (
+    from deepmine.lenscrafter.selection.grid import default_grid, read_grid
+    from deepmine.lenscrafter.selection.measure import (
         build_reference_pool,
         plan_parts,
         score_negatives_file,
         selection_function,
     )
-    from deepmine.lenscrafter.selection_grid import default_grid, read_grid
-    from deepmine.lenscrafter.selection_pool import stored_pool
+    from deepmine.lenscrafter.selection.pool import stored_pool
 
     if reference is not None and negatives is not None:
         raise InputError("--reference and --negatives exclude each other: give a stored pool or cutouts to score")
@@ -125,7 +125,7 @@ def selection(
             if val is not None:
                 raise InputError(f"{opt} applies to --onto only")
     if source is not None:
-        from deepmine.lenscrafter.selection_onto import default_onto_grid, read_onto_grid
+        from deepmine.lenscrafter.selection.onto import default_onto_grid, read_onto_grid
 
         g = read_onto_grid(existing_file(grid, "grid file")) if grid is not None else default_onto_grid(source)
     else:
@@ -140,9 +140,9 @@ def selection(
     from deepmine.inference.formats import output_paths
     from deepmine.inference.identity import check_content_hash
     from deepmine.inference.model import get_model, resolve_model_path
-    from deepmine.inference.pool import ReferencePool
-    from deepmine.inference.workdir import clear_parts
-    from deepmine.lenscrafter.selection_plot import completeness_path
+    from deepmine.inference.ranking.pool import ReferencePool
+    from deepmine.inference.scan.workdir import clear_parts
+    from deepmine.lenscrafter.selection.plot import completeness_path
 
     out, out_ecsv = output_paths(out, (".fits", ".ecsv"), example="selection")
     model_path = resolve_model_path(model)
@@ -169,12 +169,12 @@ def selection(
         pool = None
     if pool is None:
         if negatives is None and source is not None:
-            from deepmine.lenscrafter.selection_onto import score_deflectors
+            from deepmine.lenscrafter.selection.onto import score_deflectors
 
             with task("scoring the unpainted deflectors", source.n) as advance:
                 pool = score_deflectors(m, source, batch_size=batch_size, progress=advance)
         elif negatives is not None:
-            from deepmine.inference.readers import resolve_inputs
+            from deepmine.inference.inputs.readers import resolve_inputs
 
             (spec,), _ = resolve_inputs([negatives], m.metadata)
             with task("scoring negatives", spec.n) as advance:
@@ -211,7 +211,7 @@ def selection(
     written = sel.save(out)
     plots = []
     if plot is not None:
-        from deepmine.lenscrafter.selection_plot import plot_completeness, plot_corner
+        from deepmine.lenscrafter.selection.plot import plot_completeness, plot_corner
 
         plots = [plot_corner(sel, plot), plot_completeness(sel, completeness_path(plot))]
     if not keep_parts:
@@ -233,8 +233,8 @@ def selection(
 def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols):
     """Open, check and measure the deflectors of --onto (the checks of `craft --onto`)."""
     from deepmine.lenscrafter.cli.craft_cmd import _floats, _read_psf
-    from deepmine.lenscrafter.onto import read_deflectors
-    from deepmine.lenscrafter.selection_onto import prepare_onto
+    from deepmine.lenscrafter.paint.onto import read_deflectors
+    from deepmine.lenscrafter.selection.onto import prepare_onto
 
     n = read_deflectors(onto, bands=bands, catalog=catalog, **cols).n
     with task("measuring deflectors", n) as advance:

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from deepmine.inference.catalog import read_catalog  # noqa: E402
+from deepmine.inference.catalog.io import read_catalog  # noqa: E402
 from deepmine.inference.cluster import connect  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
 
@@ -93,7 +93,7 @@ bins = 3
 
 @pytest.mark.slow  # up to a minute when the workers compile LensCrafter's Numba kernels (cold cache)
 def test_selection_attached_to_a_scheduler_equals_a_local_run(cli, scheduler, tmp_path, make_classifier):
-    from deepmine.lenscrafter.selection import CRAFT_LENSES, SelectionFunction
+    from deepmine.lenscrafter.selection.measure import CRAFT_LENSES, SelectionFunction
 
     model = make_classifier(tmp_path / "sel.onnx", shape=(3, 32, 32))
     (tmp_path / "grid.toml").write_text(GRID)

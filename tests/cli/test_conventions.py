@@ -27,7 +27,7 @@ def test_catalogue_units_and_kept_columns_in_every_format(tmp_path, cli, make_cl
     from astropy.io import fits
     from astropy.table import Table
 
-    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.catalog.io import read_catalog
 
     toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
     files, w = survey_files(tmp_path)
@@ -71,10 +71,10 @@ def test_frame_transforms_catalogue_coordinates(tmp_path, make_classifier, surve
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
-    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.catalog.io import read_catalog
     from deepmine.inference.errors import InputError
-    from deepmine.inference.layout import InputLayout
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.layout import InputLayout
+    from deepmine.inference.scan.scanner import scan
 
     toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
     files, w = survey_files(tmp_path)
@@ -125,7 +125,7 @@ def test_mosaic_jpeg_and_labels_with_name_and_radec(tmp_path, cli, make_classifi
     from astropy.table import Table
     from PIL import Image
 
-    from deepmine.inference.scanner import _label
+    from deepmine.inference.scan.scanner import _label
 
     toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
     files, w = survey_files(tmp_path)
@@ -150,9 +150,9 @@ def test_corner_plot_labels_inside_the_figure():
     import numpy as np
     from astropy.table import Table
 
-    from deepmine.lenscrafter.selection import assemble
-    from deepmine.lenscrafter.selection_grid import SelectionGrid, default_grid
-    from deepmine.lenscrafter.selection_plot import corner_figure
+    from deepmine.lenscrafter.selection.grid import SelectionGrid, default_grid
+    from deepmine.lenscrafter.selection.measure import assemble
+    from deepmine.lenscrafter.selection.plot import corner_figure
 
     for k in (2, 3, 6):
         g = SelectionGrid(axes=default_grid().axes[:k])
@@ -218,7 +218,7 @@ def test_flags_take_no_value_and_short_options_have_one_meaning():
 def test_out_suffix_rules(tmp_path):
     import pytest
 
-    from deepmine.inference.catalog import catalog_paths
+    from deepmine.inference.catalog.io import catalog_paths
     from deepmine.inference.errors import InputError
 
     fmts = ["fits", "ecsv"]

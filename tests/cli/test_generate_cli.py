@@ -96,7 +96,7 @@ def test_to_uint8_rounds_clips_and_zeroes_nan():
 
 
 def test_written_npy_loads_in_the_scanner(tmp_path, gen_path):
-    from deepmine.inference.readers import read_block, resolve_inputs
+    from deepmine.inference.inputs.readers import read_block, resolve_inputs
 
     out = tmp_path / "lenses.npy"
     prov = write_generated(out, load_generator(gen_path), 30, seed=2, batch_size=8)

@@ -85,7 +85,7 @@ def test_serve_errors_are_one_line(cli, tmp_path, make_scan):
 
 
 def test_export_command_closes_the_loop(cli, tmp_path, make_scan):
-    from deepmine.inference.inspect_app import InspectSession
+    from deepmine.inference.inspect.app import InspectSession
 
     cat = make_scan(tmp_path, n=30)
     s = InspectSession(cat, top=6, grader="ann")
@@ -108,7 +108,7 @@ def test_export_command_closes_the_loop(cli, tmp_path, make_scan):
 
 def test_scan_inspect_export_loop(cli, tmp_path, make_classifier, make_cutouts):
     """The mining loop on a real scan catalogue: scan → grade the top candidates → export."""
-    from deepmine.inference.inspect_app import InspectSession
+    from deepmine.inference.inspect.app import InspectSession
 
     stack = make_cutouts(120)
     np.save(tmp_path / "stack.npy", stack)
@@ -130,7 +130,7 @@ def test_scan_inspect_export_loop(cli, tmp_path, make_classifier, make_cutouts):
 
 
 def test_export_refuses_existing_outputs_without_overwrite(tmp_path, cli, make_scan):
-    from deepmine.inference.inspect_app import InspectSession
+    from deepmine.inference.inspect.app import InspectSession
 
     cat = make_scan(tmp_path, n=40)
     s = InspectSession(cat, top=10, grader="ann")

@@ -5,11 +5,11 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-from deepmine.inference.catalog import read_catalog
+from deepmine.inference.catalog.io import read_catalog
 from deepmine.inference.model import load_model
-from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import ordinality
-from deepmine.inference.scanner import scan
+from deepmine.inference.ranking.pool import ReferencePool
+from deepmine.inference.scan.scanner import scan
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_survey_scan_from_cli_with_tiles_and_catalogue(tmp_path, toy, cli):
 
 @pytest.mark.parametrize("n", [0, 1, 1003])
 def test_chunked_catalogue_writing_round_trips_every_format(tmp_path, n):
-    from deepmine.inference.catalog import write_catalog
+    from deepmine.inference.catalog.io import write_catalog
 
     rng = np.random.default_rng(n)
     t = Table({"id": np.arange(n), "source": np.array(["a.npy", "dir/b.fits"])[np.arange(n) % 2],

@@ -13,9 +13,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 from deepmine.inference.errors import InputError
-from deepmine.inference.layout import InputLayout
-from deepmine.inference.metadata import ModelMetadata
-from deepmine.inference.readers import (
+from deepmine.inference.inputs.readers import (
     FLAG_EDGE,
     FLAG_OFF_IMAGE,
     cutout_origin,
@@ -23,6 +21,8 @@ from deepmine.inference.readers import (
     resolve_inputs,
     wcs_pixel_scale,
 )
+from deepmine.inference.metadata import ModelMetadata
+from deepmine.inference.scan.layout import InputLayout
 
 #: a real image (DSS plate of M13, 1"/px, TAN WCS), Rice tile-compressed, shipped with astropy
 M13 = Path(astropy.__file__).parent / "io/fits/hdu/compressed/tests/data/m13_rice.fits"
@@ -160,9 +160,9 @@ def test_unusable_positions_are_not_ranked_in_any_format(tmp_path, make_classifi
     import pyarrow.parquet as pq
     from scipy.stats import rankdata
 
-    from deepmine.inference.catalog import read_catalog
-    from deepmine.inference.scanner import scan
-    from deepmine.inference.scorefile import read_scores
+    from deepmine.inference.catalog.io import read_catalog
+    from deepmine.inference.ranking.scorefile import read_scores
+    from deepmine.inference.scan.scanner import scan
 
     rng = np.random.default_rng(2)
     sky = rng.normal(size=(3, 120, 160)).astype(np.float32)

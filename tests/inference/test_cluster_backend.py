@@ -147,7 +147,7 @@ def _sessions():
 # -- the scanner's shards ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scan_data(tmp_path_factory, make_classifier, blobs):
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     d = tmp_path_factory.mktemp("clusterscan")
     model = make_classifier(d / "slow.onnx", shape=(3, 32, 32), conv_channels=16)
@@ -170,7 +170,7 @@ def _same_catalogue(table, ref):
 
 
 def _cluster_scan(cluster, scan_data, name, **kwargs):
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     d, model, inputs, _ = scan_data
     kwargs.setdefault("executor", cluster.executor)
@@ -187,8 +187,8 @@ def test_cluster_scan_equals_single_process_scan(cluster, scan_data):
 def test_cluster_scan_streamed_merge_equals_single_process_scan(cluster, scan_data):
     """Workers write the parts; the client merges them as a stream (issue 22: a Parquet
     dataset, no row gathered in memory) with the values of the in-memory merge."""
-    from deepmine.inference.catalog import read_catalog
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.catalog.io import read_catalog
+    from deepmine.inference.scan.scanner import scan
 
     d, model, inputs, ref = scan_data
     res = scan(inputs, model, d / "streamed.fits", batch_size=32, shard_size=64, threads=cluster.threads_per_worker,
@@ -213,7 +213,7 @@ def test_worker_killed_mid_scan_catalogue_has_every_object_once(cluster, scan_da
 
 
 def test_resume_across_cluster_runs(cluster, scan_data):
-    from deepmine.inference.scanner import parts_dir
+    from deepmine.inference.scan.scanner import parts_dir
 
     def interrupted(fn, shards):
         for k, item in enumerate(cluster.executor(fn, shards)):
@@ -234,7 +234,7 @@ def test_resume_across_cluster_runs(cluster, scan_data):
 
 
 def test_unreadable_shard_fails_with_one_line_or_is_skipped(cluster, tmp_path, make_classifier, blobs):
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     model = make_classifier(tmp_path / "m.onnx", shape=(3, 16, 16))
     good = tmp_path / "good"
@@ -257,8 +257,13 @@ def test_unreadable_shard_fails_with_one_line_or_is_skipped(cluster, tmp_path, m
 @pytest.mark.slow  # up to a minute when the workers compile LensCrafter's Numba kernels (cold cache)
 def test_selection_function_on_the_cluster_equals_local(cluster, tmp_path, make_classifier):
     from deepmine.inference.model import get_model
-    from deepmine.lenscrafter.selection import CRAFT_LENSES, build_reference_pool, plan_parts, selection_function
-    from deepmine.lenscrafter.selection_grid import SelectionGrid, make_axis
+    from deepmine.lenscrafter.selection.grid import SelectionGrid, make_axis
+    from deepmine.lenscrafter.selection.measure import (
+        CRAFT_LENSES,
+        build_reference_pool,
+        plan_parts,
+        selection_function,
+    )
 
     model = make_classifier(tmp_path / "sel.onnx", shape=(3, 32, 32))
     pool = build_reference_pool(get_model(model, "cpu", 1), 400, seed=1)

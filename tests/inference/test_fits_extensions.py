@@ -15,8 +15,7 @@ from astropy.wcs import WCS
 
 from deepmine.inference.errors import InputError
 from deepmine.inference.formats import open_stack, split_extension
-from deepmine.inference.metadata import ModelMetadata
-from deepmine.inference.readers import (
+from deepmine.inference.inputs.readers import (
     FLAG_BITS,
     FLAG_CENTER_MASKED,
     FLAG_EDGE,
@@ -24,6 +23,7 @@ from deepmine.inference.readers import (
     read_block,
     resolve_inputs,
 )
+from deepmine.inference.metadata import ModelMetadata
 
 DATA = Path(astropy.__file__).parent / "io/fits"
 TEST0 = DATA / "tests/data/test0.fits"  # PRIMARY + SCI,1..SCI,4, each 40×40 int16
@@ -215,7 +215,7 @@ def test_survey_calexps_with_mask_and_variance(tmp_path, compress):
 def test_scan_cli_with_extensions_and_masks(tmp_path, cli, make_classifier):
     """End to end: the catalogue carries CENTER_MASKED and its DM_FLAGS names it; a missing
     extension is one line on the command line, exit 2, no traceback."""
-    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.catalog.io import read_catalog
 
     model = make_classifier(tmp_path / "toy.onnx", shape=(3, 16, 16))
     files, _ = _survey(tmp_path)
@@ -249,7 +249,7 @@ def test_an_extension_input_is_never_written_over(tmp_path, cli, make_classifier
 def test_inspect_shows_a_masked_cube_as_it_was_scanned(tmp_path, cli, make_classifier):
     """The grading page re-reads ``cube.fits[IMAGE]`` through the scan's own reader: the named
     extension, and the masked pixels NaN as the scanner saw them."""
-    from deepmine.inference.inspect_app import InspectSession
+    from deepmine.inference.inspect.app import InspectSession
 
     model = make_classifier(tmp_path / "toy.onnx", shape=(3, 16, 16))
     img = np.random.default_rng(5).normal(size=(8, 3, 16, 16)).astype(np.float32)

@@ -50,7 +50,7 @@ def test_cuda_refused_clearly_without_the_provider(cli, tmp_path):
 @needs_cuda
 def test_cuda_scan_records_the_provider_and_matches_the_cpu(tmp_path):
     from deepmine.inference.model import load_model
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     x = np.random.default_rng(0).integers(0, 256, (3000, 3, 64, 64)).astype(np.uint8)
     np.save(tmp_path / "x.npy", x)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from astropy.table import Table
 
-from deepmine.inference.inspect_app import InspectSession
-from deepmine.inference.inspect_server import make_server, serve_in_thread, server_url
+from deepmine.inference.inspect.app import InspectSession
+from deepmine.inference.inspect.server import make_server, serve_in_thread, server_url
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("DEEPMINE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

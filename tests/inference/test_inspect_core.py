@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from deepmine.inference.catalog import write_catalog
+from deepmine.inference.catalog.io import write_catalog
 from deepmine.inference.errors import InputError
-from deepmine.inference.inspect_app import InspectSession, default_grades_path
-from deepmine.inference.inspect_cutouts import read_catalog, select_top, top_count
-from deepmine.inference.inspect_export import export_grades, rows_path
-from deepmine.inference.inspect_grades import GradeLog, combine_grades, read_actions
-from deepmine.inference.inspect_server import make_server, serve_in_thread, server_url
+from deepmine.inference.inspect.app import InspectSession, default_grades_path
+from deepmine.inference.inspect.cutouts import read_catalog, select_top, top_count
+from deepmine.inference.inspect.export import export_grades, rows_path
+from deepmine.inference.inspect.grades import GradeLog, combine_grades, read_actions
+from deepmine.inference.inspect.server import make_server, serve_in_thread, server_url
 from deepmine.inference.metadata import ModelMetadata
 
 
@@ -314,7 +314,7 @@ def test_bad_content_lengths_are_refused_and_closed(server, length, code):
 def test_stalled_connections_neither_hold_the_server_nor_block_a_grader(server, monkeypatch):
     """Clients that declare a body and never send it: they time out, and a grader grading beside
     them is served at once; connections beyond the bound get 503 instead of a thread."""
-    import deepmine.inference.inspect_server as ia
+    import deepmine.inference.inspect.server as ia
 
     _, url, session = server
     port = int(url.rstrip("/").rsplit(":", 1)[1])
@@ -429,7 +429,7 @@ def test_survey_scan_cutouts_are_recut_from_the_survey_images(tmp_path, monkeypa
     as the scanner did (provenance DM_INPUT), also after the folder moved."""
     from astropy.io import fits
 
-    from deepmine.inference.readers import read_block, resolve_inputs
+    from deepmine.inference.inputs.readers import read_block, resolve_inputs
 
     rng = np.random.default_rng(3)
     imgs = {b: rng.normal(size=(90, 110)).astype(np.float32) for b in "irg"}
@@ -495,7 +495,7 @@ def test_restart_on_another_catalogue_refuses_the_old_pages_grades(tmp_path, mak
 
 
 def test_export_refuses_grade_files_of_different_catalogues(tmp_path, make_scan):
-    from deepmine.inference.inspect_export import export_grades
+    from deepmine.inference.inspect.export import export_grades
 
     files = []
     for name, n in (("a", 40), ("b", 44)):

@@ -5,13 +5,13 @@ import os
 import numpy as np
 import pytest
 
-from deepmine.inference.catalog import read_catalog, write_catalog
-from deepmine.inference.catalog_dataset import dataset_files, write_blocks
+from deepmine.inference.catalog.dataset import dataset_files, write_blocks
+from deepmine.inference.catalog.io import read_catalog, write_catalog
+from deepmine.inference.catalog.merge import parse_budget, stream_merge
 from deepmine.inference.errors import InputError
-from deepmine.inference.merge_stream import parse_budget, stream_merge
-from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import ordinality
-from deepmine.inference.shards import merge_parts
+from deepmine.inference.ranking.pool import ReferencePool
+from deepmine.inference.scan.shards import merge_parts
 
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -203,7 +203,7 @@ def test_chunks_give_the_same_rows(parts_1e5, pool, rank_bytes, method, tmp_path
 def test_parallel_output_pass_equals_serial(parts_1e5, tmp_path):
     from astropy.table import Table
 
-    from deepmine.inference.catalog_stream import write_streamed
+    from deepmine.inference.catalog.stream import write_streamed
 
     def executor(fn, items):  # in any order, as Dask's would
         for item in items[::-1]:

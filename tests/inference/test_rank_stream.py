@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from deepmine.inference.catalog_dataset import write_blocks
+from deepmine.inference.catalog.dataset import write_blocks
+from deepmine.inference.catalog.merge import stream_merge
 from deepmine.inference.errors import InputError
-from deepmine.inference.merge_stream import stream_merge
-from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import fraction_above, ranking_performance, tracer_recovery_curve
-from deepmine.inference.ranking_stream import iter_scores, sorted_scores_from_parquet, tracer_counts
+from deepmine.inference.ranking.pool import ReferencePool
+from deepmine.inference.ranking.stream import iter_scores, sorted_scores_from_parquet, tracer_counts
 
 pytest.importorskip("pyarrow")
 

@@ -8,7 +8,6 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from deepmine.inference import InputError
-from deepmine.inference.pool import ReferencePool
 from deepmine.inference.ranking import (
     auc,
     fraction_above,
@@ -17,6 +16,7 @@ from deepmine.inference.ranking import (
     ranking_performance,
     tracer_recovery_curve,
 )
+from deepmine.inference.ranking.pool import ReferencePool
 
 # scores drawn from a few levels (heavy ties, like probabilities saturated at 1.0) or freely
 tied = st.sampled_from([0.0, -0.0, 0.25, 0.5, 1.0, 1.0, 1.0, 3.5, -2.0])

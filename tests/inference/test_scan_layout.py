@@ -1,13 +1,10 @@
 """scan()'s input layout object: combinations refused where it is built; the old keywords still work."""
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import pytest
 
 from deepmine.inference.errors import InputError
-from deepmine.inference.layout import InputLayout
+from deepmine.inference.scan.layout import InputLayout
 
 
 @pytest.mark.parametrize("options, message", [
@@ -31,33 +28,29 @@ def test_kinds_and_reader_options():
     assert opts["catalog"] == "s.ecsv" and opts["frame"] == "galactic" and opts["check_pixel_scale"] is True
     import inspect
 
-    from deepmine.inference.readers import resolve_inputs
+    from deepmine.inference.inputs.readers import resolve_inputs
 
     assert set(opts) <= set(inspect.signature(resolve_inputs).parameters)  # every field reaches the reader
-    same, given = InputLayout.from_options(catalog=None, frame="icrs", check_pixel_scale=None, keep_columns=None)
-    assert same == InputLayout() and not given
-    _, given = InputLayout.from_options(keep_columns=[], catalog="s.ecsv")
-    assert given
 
 
-def test_scan_takes_a_layout_and_still_the_old_keywords(tmp_path, make_classifier, survey_files):
-    from deepmine.inference.catalog import read_catalog
-    from deepmine.inference.scanner import scan
+def test_scan_takes_a_layout_not_loose_keywords(tmp_path, make_classifier, survey_files):
+    """The layout travels as one object; its fields are no keywords of scan() (issue 16)."""
+    import inspect
 
+    from deepmine.inference.catalog.io import read_catalog
+    from deepmine.inference.scan.scanner import scan
+
+    params = inspect.signature(scan).parameters
+    assert not {"catalog", "ra_col", "dec_col", "x_col", "y_col", "tile", "stride", "frame", "keep_columns",
+                "check_pixel_scale"} & set(params)
     toy = make_classifier(tmp_path / "toy.onnx", shape=(3, 32, 32))
     files = [str(f) for f in survey_files(tmp_path)[0]]
     kw = {"formats": ["ecsv"], "progress": False, "threads": 1}
-    new = scan(files, toy, tmp_path / "new.ecsv", layout=InputLayout(tile=32, stride=16), **kw)
-    with pytest.warns(DeprecationWarning, match="layout=deepmine.inference.layout.InputLayout"):
-        old = scan(files, toy, tmp_path / "old.ecsv", tile=32, stride=16, **kw)
-    a, b = read_catalog(new.catalog), read_catalog(old.catalog)
-    assert len(a) == len(b) > 0
-    np.testing.assert_array_equal(np.asarray(a["logit"]), np.asarray(b["logit"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no keyword of the layout given: no warning
-        scan(files, toy, tmp_path / "plain.ecsv", layout=InputLayout(tile=32), **kw)
-    with pytest.raises(InputError, match="not both"):
-        scan(files, toy, tmp_path / "both.ecsv", layout=InputLayout(tile=32), stride=16, **kw)
+    tiled = scan(files, toy, tmp_path / "tiled.ecsv", layout=InputLayout(tile=32, stride=16), **kw)
+    plain = scan(files, toy, tmp_path / "plain.ecsv", layout=InputLayout(tile=32), **kw)
+    assert len(read_catalog(tiled.catalog)) > len(read_catalog(plain.catalog)) > 0  # stride 16 overlaps
+    with pytest.raises(TypeError):
+        scan(files, toy, tmp_path / "old.ecsv", tile=32, **kw)
 
 
 def test_cli_refuses_a_bad_layout_in_one_line(tmp_path, cli):

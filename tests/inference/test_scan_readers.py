@@ -1,12 +1,11 @@
-"""deepmine.inference.readers: every kind of scanner input, bad inputs, flags."""
+"""deepmine.inference.inputs.readers: every kind of scanner input, bad inputs, flags."""
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
 
 from deepmine.inference.errors import InputError
-from deepmine.inference.metadata import ModelMetadata
-from deepmine.inference.readers import (
+from deepmine.inference.inputs.readers import (
     FLAG_BAND_BLANK,
     FLAG_BLANK,
     FLAG_EDGE,
@@ -16,6 +15,7 @@ from deepmine.inference.readers import (
     read_block,
     resolve_inputs,
 )
+from deepmine.inference.metadata import ModelMetadata
 
 META1 = ModelMetadata(architecture="toy", input_shape=[1, 16, 16], bands=["r"])
 

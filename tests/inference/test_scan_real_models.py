@@ -15,9 +15,9 @@ pytestmark = pytest.mark.torch
 def test_scan_of_an_exported_model_matches_torch(tmp_path, name, overrides, blobs):
     export = pytest.importorskip("deepmine.export")
     training = pytest.importorskip("deepmine.training")
-    from deepmine.inference.catalog import read_catalog
+    from deepmine.inference.catalog.io import read_catalog
     from deepmine.inference.preprocess import prepare_batch
-    from deepmine.inference.scanner import scan
+    from deepmine.inference.scan.scanner import scan
 
     torch.manual_seed(0)
     model = training.create_model(name, **overrides).eval()

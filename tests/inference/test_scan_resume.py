@@ -8,15 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from deepmine.inference.catalog import read_catalog
+from deepmine.inference.catalog.io import read_catalog
 from deepmine.inference.errors import InputError
-from deepmine.inference.scanner import parts_dir, scan
-from deepmine.inference.shards import merge_parts, plan_shards, run_shard, shard_done
+from deepmine.inference.scan.scanner import parts_dir, scan
+from deepmine.inference.scan.shards import merge_parts, plan_shards, run_shard, shard_done
 
 
 def test_shards_reference_inputs_and_cover_every_object_once(tmp_path):
+    from deepmine.inference.inputs.readers import resolve_inputs
     from deepmine.inference.metadata import ModelMetadata
-    from deepmine.inference.readers import resolve_inputs
 
     meta = ModelMetadata(architecture="toy", input_shape=[3, 16, 16])
     np.save(tmp_path / "a.npy", np.zeros((10, 3, 16, 16), np.uint8))
@@ -33,8 +33,8 @@ def test_shards_reference_inputs_and_cover_every_object_once(tmp_path):
 
 
 def test_run_shard_writes_part_and_marker_and_merge_refuses_duplicates(tmp_path, make_classifier, blobs):
+    from deepmine.inference.inputs.readers import resolve_inputs
     from deepmine.inference.model import get_model
-    from deepmine.inference.readers import resolve_inputs
 
     model_path = make_classifier(tmp_path / "m.onnx", shape=(3, 16, 16))
     np.save(tmp_path / "a.npy", blobs(30, shape=(3, 16, 16)))
@@ -94,8 +94,8 @@ def test_kill_9_mid_scan_then_resume_loses_and_duplicates_nothing(tmp_path, make
 def test_directory_shards_carry_only_their_own_files(tmp_path):
     from astropy.io import fits
 
+    from deepmine.inference.inputs.readers import resolve_inputs
     from deepmine.inference.metadata import ModelMetadata
-    from deepmine.inference.readers import resolve_inputs
 
     meta = ModelMetadata(architecture="toy", input_shape=[3, 16, 16])
     d = tmp_path / "d"

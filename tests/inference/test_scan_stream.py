@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from deepmine.inference import catalog_stream
-from deepmine.inference.catalog import read_catalog
+from deepmine.inference.catalog import stream as catalog_stream
+from deepmine.inference.catalog.io import read_catalog
 from deepmine.inference.errors import InputError
-from deepmine.inference.pool import ReferencePool
-from deepmine.inference.scanner import scan
+from deepmine.inference.ranking.pool import ReferencePool
+from deepmine.inference.scan.scanner import scan
 
 pytest.importorskip("pyarrow")
 

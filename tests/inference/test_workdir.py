@@ -1,10 +1,10 @@
-"""The one resume mechanism (inference/workdir.py), used by scan shards and selection parts."""
+"""The one resume mechanism (inference/scan/workdir.py), used by scan shards and selection parts."""
 import json
 
 import pytest
 
 from deepmine.inference.errors import InputError
-from deepmine.inference.workdir import clear_parts, has_parts, mark_done, open_workdir, part_done
+from deepmine.inference.scan.workdir import clear_parts, has_parts, mark_done, open_workdir, part_done
 
 
 def _plan(**kw):

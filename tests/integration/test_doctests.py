@@ -6,8 +6,8 @@ import pytest
 
 
 @pytest.mark.parametrize("name", ["deepmine.inference.progress", "deepmine.inference.formats",
-                                  "deepmine.inference.errors", "deepmine.inference.survey",
-                                  "deepmine.inference.planes", "deepmine.inference.fitspath"])
+                                  "deepmine.inference.errors", "deepmine.inference.inputs.survey",
+                                  "deepmine.inference.inputs.planes", "deepmine.inference.fitspath"])
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepmine.inference.catalog import read_catalog
+from deepmine.inference.catalog.io import read_catalog
 from deepmine.inference.errors import InputError
 from deepmine.inference.identity import (
     WHOLE_FILE_LIMIT,
@@ -19,7 +19,7 @@ from deepmine.inference.identity import (
     same_input,
     scoring_identity,
 )
-from deepmine.inference.pool import ReferencePool
+from deepmine.inference.ranking.pool import ReferencePool
 
 
 def digests(folder: Path) -> dict:
@@ -111,11 +111,11 @@ def test_input_identity_whole_and_sampled(tmp_path):
 # -- item 2: resume refuses changed inputs or model --------------------------------------
 def _interrupted_scan(tmp_path, model, x, shards_done=3):
     """The state a kill -9 leaves: plan.json and some completed shards of ``s.npy``."""
+    from deepmine.inference.inputs.readers import resolve_inputs
     from deepmine.inference.model import get_model
-    from deepmine.inference.readers import resolve_inputs
-    from deepmine.inference.scanner import _plan_record, parts_dir
-    from deepmine.inference.shards import plan_shards, run_shard
-    from deepmine.inference.workdir import open_workdir
+    from deepmine.inference.scan.scanner import _plan_record, parts_dir
+    from deepmine.inference.scan.shards import plan_shards, run_shard
+    from deepmine.inference.scan.workdir import open_workdir
 
     np.save(tmp_path / "s.npy", x)
     m = get_model(model, "cpu", 1)
@@ -334,7 +334,7 @@ def test_sexagesimal_catalogue_positions_and_catalogue_never_overwritten(tmp_pat
     from astropy.coordinates import SkyCoord
     from astropy.table import Table
 
-    from deepmine.inference.readers import resolve_inputs
+    from deepmine.inference.inputs.readers import resolve_inputs
 
     _, paths, w = survey_images(tmp_path)
     xs, ys = np.array([30.2, 60.4, 99.0]), np.array([40.3, 20.6, 79.0])

@@ -97,7 +97,7 @@ def test_onto_cube_end_to_end(cli, real, tmp_path):
 
 
 def test_onto_deterministic_per_seed_and_chunking(real, tmp_path):
-    from deepmine.lenscrafter.onto import craft_onto
+    from deepmine.lenscrafter.paint.onto import craft_onto
 
     _, cube = real
     kw = dict(zero_point=27.0, gain=1000.0, seed=11)
@@ -112,7 +112,7 @@ def test_onto_deterministic_per_seed_and_chunking(real, tmp_path):
 
 
 def test_onto_directory_in_another_band_order_gives_the_same_lenses(real, tmp_path):
-    from deepmine.lenscrafter.onto import craft_onto
+    from deepmine.lenscrafter.paint.onto import craft_onto
 
     cut, cube = real
     folder = tmp_path / "cutouts"

@@ -1,4 +1,4 @@
-"""LensCrafter arcs painted onto real cutouts (deepmine.lenscrafter.paint, issue 21's core)."""
+"""LensCrafter arcs painted onto real cutouts (deepmine.lenscrafter.paint.arcs, issue 21's core)."""
 import doctest
 
 import numpy as np
@@ -15,7 +15,7 @@ from deepmine.lenscrafter import (
     sersic_amp_from_flux,
     sie_deflection,
 )
-from deepmine.lenscrafter import paint as paint_mod
+from deepmine.lenscrafter.paint import arcs as paint_mod
 from deepmine.lenscrafter.pipeline import convolve_psf, pixel_grid
 
 PS = 0.168

@@ -107,7 +107,7 @@ def test_library_mismatches_refused_in_one_line(kwargs, needle):
 
 
 def test_deflector_band_order_outside_irg_refused(tmp_path):
-    from deepmine.lenscrafter.onto import read_deflectors
+    from deepmine.lenscrafter.paint.onto import read_deflectors
 
     np.save(tmp_path / "d.npy", np.zeros((2, 3, 32, 32), np.float32))
     with pytest.raises(InputError, match=r"bands g,r,z: LensCrafter paints the bands i, r, g"):

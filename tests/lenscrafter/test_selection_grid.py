@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from deepmine.inference.errors import InputError
-from deepmine.lenscrafter.selection import SelectionFunction, assemble, wilson_interval
-from deepmine.lenscrafter.selection_grid import (
+from deepmine.lenscrafter.selection.grid import (
     ALIASES,
     DEFAULT_AXES,
     SelectionGrid,
@@ -15,6 +14,7 @@ from deepmine.lenscrafter.selection_grid import (
     read_grid,
     write_grid_toml,
 )
+from deepmine.lenscrafter.selection.measure import SelectionFunction, assemble, wilson_interval
 
 KNOWN = ["m_g_fg", "m_g_src", "r_eff_fg", "n_fg", "theta_e", "e_fg", "e_sie", "phi_sie"]
 
@@ -168,7 +168,7 @@ def test_marginals_sum_counts_in_requested_order(tmp_path):
 
 def test_lens_tables_reference_and_prior():
     from deepmine.lenscrafter.params import REFERENCE
-    from deepmine.lenscrafter.selection import lens_params_for_cells
+    from deepmine.lenscrafter.selection.measure import lens_params_for_cells
 
     axes = [make_axis("theta_e", 0.3, 3.0, 2, "log"), make_axis("m_arc", 20, 24, 2)]
     ref = SelectionGrid(axes=axes, fixed={"m_g_fg": 27.0})
@@ -193,7 +193,7 @@ def test_wilson_interval_matches_astropy():
     import numpy as np
     from astropy.stats import binom_conf_interval
 
-    from deepmine.lenscrafter.selection import wilson_interval
+    from deepmine.lenscrafter.selection.measure import wilson_interval
 
     k = np.array([0, 1, 5, 10, 3, 0])
     n = np.array([10, 10, 10, 10, 7, 0])

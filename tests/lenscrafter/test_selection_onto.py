@@ -13,10 +13,10 @@ from astropy.table import Table
 
 from deepmine.inference.model import get_model
 from deepmine.lenscrafter import craft_negatives, paint_arcs
-from deepmine.lenscrafter.onto import read_deflectors
-from deepmine.lenscrafter.selection import run_cells
-from deepmine.lenscrafter.selection_grid import SelectionGrid, make_axis
-from deepmine.lenscrafter.selection_onto import default_onto_grid, known_onto_parameters, prepare_onto
+from deepmine.lenscrafter.paint.onto import read_deflectors
+from deepmine.lenscrafter.selection.grid import SelectionGrid, make_axis
+from deepmine.lenscrafter.selection.measure import run_cells
+from deepmine.lenscrafter.selection.onto import default_onto_grid, known_onto_parameters, prepare_onto
 
 N = 80
 GRID = """
@@ -91,7 +91,7 @@ def test_painted_lens_is_paint_arcs_of_its_deflector(files):
     assert images.dtype == np.float32 and len(images) == counts.sum()
     # lens 0 of the first non-empty cell, redrawn by hand: paint_arcs on that deflector with its lens number
     i = int(np.argmax(counts > 0))
-    from deepmine.lenscrafter.selection_cells import cell_seeds, cell_uniforms
+    from deepmine.lenscrafter.selection.cells import cell_seeds, cell_uniforms
 
     k = int(counts[:i].sum())
     dfl = src.choose(grid, cells, 2, seed=3)[i, 0]
@@ -104,7 +104,7 @@ def test_painted_lens_is_paint_arcs_of_its_deflector(files):
 
 
 def test_parts_do_not_change_the_result(files):
-    from deepmine.lenscrafter.selection_grid import read_grid
+    from deepmine.lenscrafter.selection.grid import read_grid
 
     src = prepare_onto(files / "dfl.fits")
     grid = read_grid(files / "grid.toml", known=known_onto_parameters())

@@ -16,10 +16,11 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-import deepmine.lenscrafter.selection as selection_module  # noqa: E402
+import deepmine.lenscrafter.selection.measure as selection_module  # noqa: E402
 from deepmine.inference.errors import InputError  # noqa: E402
 from deepmine.inference.metadata import ModelMetadata  # noqa: E402
-from deepmine.lenscrafter.selection import (  # noqa: E402
+from deepmine.lenscrafter.selection.grid import SelectionGrid, make_axis, read_grid  # noqa: E402
+from deepmine.lenscrafter.selection.measure import (  # noqa: E402
     SelectionFunction,
     build_reference_pool,
     chunks_of,
@@ -27,7 +28,6 @@ from deepmine.lenscrafter.selection import (  # noqa: E402
     run_cells,
     selection_function,
 )
-from deepmine.lenscrafter.selection_grid import SelectionGrid, make_axis, read_grid  # noqa: E402
 
 GRID_TOML = """
 per_cell = 24
@@ -161,7 +161,7 @@ def test_resume_after_interruption(files, measured, tmp_path, monkeypatch):
 
 
 def test_pool_too_small_or_from_another_model(files, tmp_path):
-    from deepmine.inference.pool import ReferencePool
+    from deepmine.inference.ranking.pool import ReferencePool
 
     g = read_grid(files["grid"])
     with pytest.raises(InputError, match="fewer than one above the cut"):
@@ -278,7 +278,7 @@ def test_cli_resume_reuses_parts_and_pool(cli, files, tmp_path):
 
 def test_summary_goes_into_an_exported_models_metadata(measured, tmp_path, cli):
     """`deepmine export --selection`: the table's digest lands in metadata.extra["selection"]."""
-    from deepmine.lenscrafter.selection import selection_summary
+    from deepmine.lenscrafter.selection.measure import selection_summary
 
     measured.save(tmp_path / "sel.fits")
     s = selection_summary(tmp_path / "sel.fits")
