@@ -437,7 +437,7 @@ def export_checkpoint(ckpt_path, out_path, *, selection=None, evaluation=None, *
     data hashes, epochs, held-out ranking performance) becomes ``metadata.training``.
     ``selection``, a selection-function table (``deepmine selection`` output) measured on an
     export of the same checkpoint, is digested into ``metadata.extra["selection"]``
-    (:func:`deepmine.lenscrafter.selection.selection_summary`). ``evaluation``, a JSON object
+    (:func:`deepmine.lenscrafter.selection.measure.selection_summary`). ``evaluation``, a JSON object
     measured on an export of the same checkpoint (``tools/evaluate_bundled.py``'s
     ``evaluation.json``: figures on shifted lenses, arc-less lens galaxies, real galaxies), goes
     into ``metadata.extra["evaluation"]`` with its file name and sha256. Other keyword arguments
@@ -448,7 +448,7 @@ def export_checkpoint(ckpt_path, out_path, *, selection=None, evaluation=None, *
     check_writable(out_path)
     digest = None
     if selection is not None:
-        from deepmine.lenscrafter.selection import selection_summary
+        from deepmine.lenscrafter.selection.measure import selection_summary
 
         digest = selection_summary(selection)
     figures = read_evaluation(evaluation) if evaluation is not None else None
