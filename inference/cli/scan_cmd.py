@@ -45,7 +45,8 @@ def scan(
     top: Optional[str] = typer.Option(None, "--top", help="Top candidates to list: a fraction (0.005 = "
                                       "ordinality > 0.995, against the --reference pool when given) or a "
                                       "count [default with --mosaic: 0.005]."),
-    mosaic: Optional[Path] = typer.Option(None, "--mosaic", help="Write a labelled PNG grid of the top candidates."),
+    mosaic: Optional[Path] = typer.Option(None, "--mosaic", help="Write a labelled grid of the top candidates: "
+                                          "PNG or JPEG as the suffix says (.png, .jpg, .jpeg); others are refused."),
     stretch: str = typer.Option("percentile", "--stretch", help="Mosaic stretch: percentile | asinh."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Skip unreadable files and list them."),
     accept_pixel_scale: bool = typer.Option(

@@ -15,16 +15,25 @@ CHUNK = 2048
 
 
 def _read_psf(path: Path):
+    """PSF kernel(s) from a ``.npy`` file or a FITS image: the first image HDU, or the one the
+    name picks (``psf.fits[1]``, ``psf.fits[PSF]``; the one parser,
+    :func:`deepmine.inference.formats.split_extension`)."""
     import numpy as np
 
-    existing_file(path, "PSF file")
-    try:
-        if path.suffix.lower() == ".npy":
-            kern = np.load(path, allow_pickle=False)
-        else:
-            from astropy.io import fits
+    from deepmine.inference.formats import image_hdu, is_fits, open_fits, split_extension
 
-            kern = fits.getdata(path)
+    existing_file(path, "PSF file")
+    file, _ = split_extension(path)
+    try:
+        if file.suffix.lower() == ".npy":
+            kern = np.load(file, allow_pickle=False)
+        elif is_fits(file):
+            with open_fits(path) as hdul:
+                kern = np.asarray(hdul[image_hdu(hdul, path, ndim=(2, 3))].data)
+        else:
+            raise file_error(path, "unknown PSF format; expected .npy or FITS")
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - numpy/astropy raise many kinds
         raise file_error(path, f"cannot read the PSF kernel ({exc}); expected .npy or FITS") from None
     from deepmine.lenscrafter.pipeline import check_psf
@@ -120,8 +129,9 @@ def craft(
     supersample: int = typer.Option(1, "--supersample", min=1, max=16, help="Sub-pixel samples per axis."),
     dtype: str = typer.Option("uint8", "--dtype", help="uint8 (percentile-normalised, as the scanner reads) "
                               "or float32 (counts, zero point 27)."),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a Figure 4.1-like grid (PNG) "
-                                           "varying θ_E, source offset, SIE ellipticity and foreground n."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a Figure 4.1-like grid varying θ_E, "
+                                           "source offset, SIE ellipticity and foreground n; the suffix picks the "
+                                           "format (.png, .jpg, .pdf, .svg...), others are refused."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing stack, its .ecsv parameter "
                                    "table or --preview; an input (--params, --psf) is never written over."),
 ) -> None:
@@ -133,6 +143,10 @@ def craft(
 
     if float_out:
         dtype = "float32"
+    if preview is not None:
+        from deepmine.inference.pictures import picture_format
+
+        picture_format(preview, "--preview")  # a wrong suffix is refused before any work
     cols = {k: v for k, v in (("ra_col", ra_col), ("dec_col", dec_col), ("x_col", x_col), ("y_col", y_col))
             if v is not None}
     if onto:
@@ -176,7 +190,7 @@ def craft(
         if out is None:
             return
     if out is None:
-        raise InputError("--out is required (or give --preview PNG alone)")
+        raise InputError("--out is required (or give --preview PICTURE alone)")
     table_path = out.with_suffix(".ecsv")
 
     from deepmine.lenscrafter import read_lens_params, sample_lens_params

@@ -6,7 +6,8 @@ magnitude definitions are in :mod:`deepmine.lenscrafter.paint.arcs`) and writes 
 its parameter table, as ``deepmine craft`` does for whole synthetic scenes.
 
 **Inputs** (:func:`read_deflectors`): a FITS cube N×C×H×W (or a ``.npy`` stack), read by
-:func:`deepmine.inference.formats.open_stack` (memory-mapped), or a directory of FITS cutouts
+:func:`deepmine.inference.formats.open_stack` (memory-mapped; ``cube.fits[1]``/``cube.fits[SCI]``
+names the extension, whose header, plus the primary's cards, is checked), or a directory of FITS cutouts
 C×H×W (every ``*.fits``/``*.fits.gz``/... file, sorted by name, as the scanner reads such a
 directory). C = 3 bands. Or three survey images (one per band) and a source catalogue
 (``catalog=``; ``--onto i.fits --onto r.fits --onto g.fits --catalog lrgs.ecsv``): cutouts cut
@@ -135,20 +136,31 @@ def _read_cutout(path, size: int | None = None) -> np.ndarray:
     return arr
 
 
-def _first_header(path: Path, files):
-    from astropy.io import fits
+def _first_header(path, files):
+    """The header of the cube (or of the directory's first cutout): the image HDU the name
+    picks (``cube.fits[1]``, ``cube.fits[SCI]``: :func:`~deepmine.inference.formats.split_extension`,
+    the one parser) or the first 3-D/4-D one, plus the primary HDU's cards it does not repeat;
+    ``{}`` for a ``.npy`` stack."""
+    from deepmine.inference.formats import image_hdu, open_fits, split_extension
 
     src = files[0] if files is not None else path
-    if not is_fits(src):
+    if not is_fits(split_extension(src)[0]):
         return {}
+    hdul = open_fits(src)
     try:
-        with fits.open(src, memmap=False, lazy_load_hdus=True) as hdul:
-            hdu = next((h for h in hdul if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 3), hdul[0])
+        with hdul:
+            if split_extension(src)[1] is not None:
+                hdu = hdul[image_hdu(hdul, src, ndim=(3, 4))]
+            else:
+                hdu = next((h for h in hdul if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) >= 3),
+                           hdul[0])
             header = hdu.header.copy()
             for k, v in hdul[0].header.items():  # primary cards not repeated in the image HDU
                 if k not in header and k not in ("", "COMMENT", "HISTORY"):
                     header[k] = v
             return header
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise file_error(src, f"not a readable FITS file ({first_line(exc)})") from None
 
