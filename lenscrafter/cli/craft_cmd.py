@@ -97,8 +97,11 @@ def craft(
                                        "for the arc's photon noise."),
     exptime: Optional[str] = typer.Option(None, "--exptime", help="--onto: exposure time, s (one or one per "
                                           "band), for cutouts in counts per second: e-/unit = gain × exptime."),
-    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: Gaussian PSF FWHM, arcsec (one or "
-                                           "one per band); default HSC-Wide seeing."),
+    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: PSF FWHM, arcsec (one or one per "
+                                           "band): a Gaussian, or a Moffat with --psf-beta; default HSC-Wide seeing."),
+    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", help="--onto: the --psf-fwhm PSF is a Moffat "
+                                             "(1 + (r/α)²)^-β of this β (4.765 fits ground-based seeing); "
+                                             "without it, a Gaussian."),
     theta_e: Optional[str] = typer.Option(None, "--theta-e", help="--onto: θ_E prior MIN,MAX in arcsec "
                                           "(uniform; default 0.8,2.8)."),
     unlensed: bool = typer.Option(False, "--unlensed", help="--onto: paint control negatives — a LensCrafter "
@@ -154,14 +157,14 @@ def craft(
                     no_noise=no_noise, no_psf=no_psf, psf=psf, size=size, pixel_scale=pixel_scale,
                     supersample=supersample, dtype=dtype, preview=preview, overwrite=overwrite,
                     zero_point=zero_point, gain=gain, exptime=exptime, psf_fwhm=psf_fwhm, theta_e=theta_e,
-                    bands=bands, unlensed=unlensed, catalog=catalog, columns=cols)
+                    psf_beta=psf_beta, bands=bands, unlensed=unlensed, catalog=catalog, columns=cols)
         return
     if catalog is not None or cols:
         raise InputError("--catalog and its columns apply to --onto survey images only")
     if unlensed:
         raise InputError("--unlensed applies to --onto only")
     for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime),
-                     ("--psf-fwhm", psf_fwhm), ("--theta-e", theta_e), ("--bands", bands)):
+                     ("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--theta-e", theta_e), ("--bands", bands)):
         if val is not None:
             raise InputError(f"{opt} applies to --onto only")
     size = 64 if size is None else size
@@ -306,7 +309,7 @@ def _floats(text: Optional[str], option: str, count=None):
 
 def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no_noise, no_psf, psf, size,
                 pixel_scale, supersample, dtype, preview, overwrite, zero_point, gain, exptime, psf_fwhm, theta_e,
-                bands, unlensed=False, catalog=None, columns=None) -> None:
+                bands, unlensed=False, catalog=None, columns=None, psf_beta=None) -> None:
     import numpy as np
 
     from deepmine.inference.cli.common import progress_bar
@@ -327,7 +330,8 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
     with progress_bar() as prog:
         table = craft_onto(onto, out, zero_point=_floats(zero_point, "--zero-point", (1, 3)),
                            gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
-                           psf=kern, psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
+                           psf=kern, psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), psf_beta=psf_beta,
+                           pixel_scale=pixel_scale,
                            size=size, bands=bands, theta_e=te, seed=seed, dtype=dtype, overwrite=overwrite,
                            inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample,
                            unlensed=unlensed, catalog=catalog, columns=columns)

@@ -71,8 +71,10 @@ def selection(
                                           "per second."),
     psf: Optional[Path] = typer.Option(None, "--psf", help="--onto: PSF kernel file (.npy or FITS, K×K or 3×K×K, "
                                        "i, r, g)."),
-    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: Gaussian PSF FWHM, arcsec (one or "
-                                           "one per band); default HSC-Wide seeing."),
+    psf_fwhm: Optional[str] = typer.Option(None, "--psf-fwhm", help="--onto: PSF FWHM, arcsec (one or one per "
+                                           "band): a Gaussian, or a Moffat with --psf-beta; default HSC-Wide seeing."),
+    psf_beta: Optional[float] = typer.Option(None, "--psf-beta", help="--onto: the --psf-fwhm PSF is a Moffat "
+                                             "(1 + (r/α)²)^-β of this β; without it, a Gaussian."),
     pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", help="--onto: arcsec per pixel when the "
                                                 "cutouts have no WCS (checked against it otherwise)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="--onto: the cutouts' band order, e.g. g,r,i "
@@ -116,10 +118,10 @@ def selection(
             if v is not None}
     if onto:
         source = _prepare_onto(onto if len(onto) > 1 or catalog is not None else onto[0], zero_point, gain, exptime,
-                               psf, psf_fwhm, pixel_scale, bands, catalog, cols)
+                               psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=psf_beta)
     else:
         for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime), ("--psf", psf),
-                         ("--psf-fwhm", psf_fwhm), ("--pixel-scale", pixel_scale), ("--bands", bands),
+                         ("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--pixel-scale", pixel_scale), ("--bands", bands),
                          ("--catalog", catalog), ("--ra-col", ra_col), ("--dec-col", dec_col), ("--x-col", x_col),
                          ("--y-col", y_col)):
             if val is not None:
@@ -230,7 +232,7 @@ def selection(
         out_console.print(f"wrote {p}")
 
 
-def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols):
+def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=None):
     """Open, check and measure the deflectors of --onto (the checks of `craft --onto`)."""
     from deepmine.lenscrafter.cli.craft_cmd import _floats, _read_psf
     from deepmine.lenscrafter.paint.onto import read_deflectors
@@ -241,7 +243,8 @@ def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, b
         return prepare_onto(onto, zero_point=_floats(zero_point, "--zero-point", (1, 3)),
                             gain=_floats(gain, "--gain", (1, 3)), exptime=_floats(exptime, "--exptime", (1, 3)),
                             psf=_read_psf(psf) if psf is not None else None,
-                            psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), pixel_scale=pixel_scale,
+                            psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), psf_beta=psf_beta,
+                            pixel_scale=pixel_scale,
                             bands=bands, progress=advance, catalog=catalog, columns=cols)
 
 

@@ -34,8 +34,11 @@ each image's header gives its band's zero point and gain).
 * *pixels*: float or integer flux (uint8 stacks are normalised images, not flux: refused); a
   cutout holding NaN or inf is refused by its index.
 
-The PSF is a kernel image (``psf``, K×K or 3×K×K in the order i, r, g, as ``deepmine craft --psf``) or Gaussian FWHM per
-band (``psf_fwhm``, arcsec); default HSC-Wide median seeing (i 0.58″, r 0.76″, g 0.77″).
+The PSF is a kernel image (``psf``, K×K or 3×K×K in the order i, r, g, as ``deepmine craft --psf``) or a FWHM per
+band (``psf_fwhm``, arcsec; default HSC-Wide median seeing, i 0.58″, r 0.76″, g 0.77″): a Gaussian, or with
+``psf_beta`` (``--psf-beta``) a Moffat ``(1 + (r/α)²)^−β`` of that FWHM
+(:func:`~deepmine.lenscrafter.pipeline.moffat_psf`; β ≈ 4.765 fits ground-based seeing, Trujillo et al. 2001).
+The table's ``psf`` meta says which (``"moffat beta=4.765 0.58,0.76,0.77"``).
 
 **Outputs**: ``out`` (``.npy``, N×3×H×W, channels i, r, g): uint8 normalised exactly as the
 scanner normalises float cutouts (:func:`deepmine.inference.preprocess.percentile_normalization`,
@@ -296,23 +299,32 @@ def _resolve_calibration(d: Deflectors, zero_point, gain, exptime):
     return zp, eff
 
 
-def _resolve_psf(d: Deflectors, psf, psf_fwhm, scale):
-    from ..pipeline import check_psf, default_psf
+def _resolve_psf(d: Deflectors, psf, psf_fwhm, scale, psf_beta=None):
+    from ..pipeline import check_psf, default_psf, moffat_psf
 
     if psf is not None and psf_fwhm is not None:
         raise InputError("--psf and --psf-fwhm contradict each other; give one")
+    if psf is not None and psf_beta is not None:
+        raise InputError("--psf-beta shapes a --psf-fwhm Moffat; a --psf kernel image has its own shape: give one")
     if psf is not None:
         return check_psf(psf, len(BANDS)), "kernel"
     fw = _per_band("psf_fwhm", psf_fwhm, d.bands_in_file)
-    if fw is None:
-        return default_psf(scale), "gaussian-hsc " + ",".join(f"{f:g}" for f in HSC["psf_fwhm"])
+    fw = np.asarray(HSC["psf_fwhm"], dtype=np.float64) if fw is None else fw
     if not np.all(np.isfinite(fw)) or np.any(fw <= 0) or np.any(fw > 20):
         raise InputError(f"psf_fwhm: expected 0 < FWHM <= 20 arcsec per band, got {fw.tolist()}")
-    return default_psf(scale, fw), "gaussian " + ",".join(f"{f:g}" for f in fw)
+    hsc = "-hsc" if psf_fwhm is None else ""
+    if psf_beta is None:
+        return default_psf(scale, fw), f"gaussian{hsc} " + ",".join(f"{f:g}" for f in fw)
+    beta = float(psf_beta)
+    if not (np.isfinite(beta) and 1.0 < beta <= 50.0):
+        raise InputError(f"--psf-beta {psf_beta!r}: expected a Moffat beta with 1 < beta <= 50")
+    k = moffat_psf(float(fw.max()), beta, scale).shape[0]  # one kernel size for the three bands
+    kern = np.stack([moffat_psf(float(f), beta, scale, k) for f in fw])
+    return kern, f"moffat{hsc} beta={beta:g} " + ",".join(f"{f:g}" for f in fw)
 
 
 def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, gain=None, exptime=None, psf=None,
-              psf_fwhm=None):
+              psf_fwhm=None, psf_beta=None):
     """Pixel scale, zero points, electrons per flux unit and PSF of ``d``, checked against its header.
 
     Returns ``(pixel_scale, zero_point (3,), gain_e_per_unit (3,), psf kernels, psf description)``,
@@ -320,12 +332,12 @@ def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, ga
     """
     scale = _resolve_scale(d, pixel_scale, size)
     zp, eff_gain = _resolve_calibration(d, zero_point, gain, exptime)
-    kern, psf_desc = _resolve_psf(d, psf, psf_fwhm, scale)
+    kern, psf_desc = _resolve_psf(d, psf, psf_fwhm, scale, psf_beta)
     return scale, zp, eff_gain, kern, psf_desc
 
 
 def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
-               pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
+               psf_beta=None, pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
                overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, unlensed: bool = False,
                catalog=None, columns=None, **paint_kwargs):
     """Paint LensCrafter arcs onto the cutouts of ``deflectors`` and write ``out`` and its table.
@@ -336,6 +348,7 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     out : ``.npy`` path of the painted stack; the table goes to ``out`` with suffix ``.ecsv``
     zero_point, gain, exptime, psf_fwhm : a number or one per band (the file's band order)
     psf : K×K or 3×K×K kernel array (order i, r, g)
+    psf_beta : Moffat β of the ``psf_fwhm`` PSF (default: Gaussian)
     pixel_scale : arcsec/px when the file has no WCS (checked against the WCS otherwise)
     size : expected cutout side (pixels), checked
     bands : the file's band order (checked against its header)
@@ -371,7 +384,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     d = read_deflectors(deflectors, bands=bands, catalog=catalog, size=size, pixel_scale=pixel_scale,
                         **(columns or {}))
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
-                                                    gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
+                                                    gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm,
+                                                    psf_beta=psf_beta)
     if unlensed:
         if theta_e is not None:
             raise InputError("--theta-e does not apply with --unlensed (no lensing: theta_E = 0.01\")")

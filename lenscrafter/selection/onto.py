@@ -245,11 +245,12 @@ def _stamp(paths) -> dict:
 
 
 def prepare_onto(deflectors, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
-                 pixel_scale=None, size=None, bands=None, follow_light: bool = True, progress=None, catalog=None,
+                 psf_beta=None, pixel_scale=None, size=None, bands=None, follow_light: bool = True, progress=None, catalog=None,
                  columns=None) -> OntoSource:
     """Open, check and measure DEFLECTORS for ``deepmine selection --onto``.
 
-    The checks (band order, pixel scale, size, zero point, gain, PSF) are those of
+    The checks (band order, pixel scale, size, zero point, gain, PSF: a kernel, or a Gaussian or, with
+    ``psf_beta``, Moffat FWHM) are those of
     ``deepmine craft --onto`` (:func:`deepmine.lenscrafter.paint.onto.calibrate`); ``progress`` is
     called with the number of deflectors measured. With ``catalog``, ``deflectors`` are three
     survey images cut around its sources (``columns``: ``ra_col``... as ``craft --onto``).
@@ -262,7 +263,8 @@ def prepare_onto(deflectors, *, zero_point=None, gain=None, exptime=None, psf=No
     survey = ({"images": [str(p) for p in given], "catalog": str(catalog), "columns": columns, "bands": bands}
               if catalog is not None else {})
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
-                                                    gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm)
+                                                    gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm,
+                                                    psf_beta=psf_beta)
     props = measure_deflectors(d, float(zp[0]), scale, progress=progress)
     return OntoSource(str(catalog if catalog is not None else given[0]), tuple(d.bands_in_file), float(scale),
                       tuple(map(float, zp)),
