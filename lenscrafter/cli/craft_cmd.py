@@ -104,6 +104,14 @@ def craft(
                                              "without it, a Gaussian."),
     theta_e: Optional[str] = typer.Option(None, "--theta-e", help="--onto: θ_E prior MIN,MAX in arcsec "
                                           "(uniform; default 0.8,2.8)."),
+    theta_e_from_light: bool = typer.Option(False, "--theta-e-from-light", help="--onto: θ_E from the deflector's "
+                                            "i-band magnitude in a 2\" aperture (Faber–Jackson L ∝ σ⁴, SIS θ_E = "
+                                            "4π(σ/c)² D_ls/D_s, log-normal scatter), clipped to --theta-e; see "
+                                            "docs/lenscrafter.md."),
+    light_prior: Optional[str] = typer.Option(None, "--light-prior", help="--onto: parameters of "
+                                              "--theta-e-from-light (implies it), KEY=VALUE,...: sigma_ref (km/s, "
+                                              "default 240) at m_ref (i mag, 19.5), dls_ds (0.6), scatter (dex "
+                                              "in σ, 0.08)."),
     unlensed: bool = typer.Option(False, "--unlensed", help="--onto: paint control negatives — a LensCrafter "
                                   "source beside each galaxy (within 3\"), not lensed — to train with beside the "
                                   "painted lenses."),
@@ -157,12 +165,14 @@ def craft(
                     no_noise=no_noise, no_psf=no_psf, psf=psf, size=size, pixel_scale=pixel_scale,
                     supersample=supersample, dtype=dtype, preview=preview, overwrite=overwrite,
                     zero_point=zero_point, gain=gain, exptime=exptime, psf_fwhm=psf_fwhm, theta_e=theta_e,
-                    psf_beta=psf_beta, bands=bands, unlensed=unlensed, catalog=catalog, columns=cols)
+                    psf_beta=psf_beta, light=parse_light_prior(theta_e_from_light, light_prior), bands=bands, unlensed=unlensed, catalog=catalog, columns=cols)
         return
     if catalog is not None or cols:
         raise InputError("--catalog and its columns apply to --onto survey images only")
     if unlensed:
         raise InputError("--unlensed applies to --onto only")
+    if theta_e_from_light or light_prior is not None:
+        raise InputError(f"{'--theta-e-from-light' if theta_e_from_light else '--light-prior'} applies to --onto only")
     for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime),
                      ("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--theta-e", theta_e), ("--bands", bands)):
         if val is not None:
@@ -307,9 +317,26 @@ def _floats(text: Optional[str], option: str, count=None):
     return vals
 
 
+def parse_light_prior(flag: bool, text: Optional[str]):
+    """``--theta-e-from-light`` / ``--light-prior "sigma_ref=250,scatter=0.1"`` → False, True or a
+    dict of overrides (checked by :func:`deepmine.lenscrafter.paint.theta_prior.light_prior`)."""
+    if text is None:
+        return bool(flag)
+    from deepmine.lenscrafter.paint.theta_prior import light_prior
+
+    over = {}
+    for item in (t.strip() for t in text.split(",")):
+        key, eq, value = (v.strip() for v in item.partition("="))
+        if not (key and eq and value):
+            raise InputError(f"--light-prior {text!r}: expected KEY=VALUE,... (keys sigma_ref, m_ref, dls_ds, scatter)")
+        over[key] = value
+    light_prior(over)  # refuse unknown keys and bad values now, in one line
+    return over
+
+
 def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no_noise, no_psf, psf, size,
                 pixel_scale, supersample, dtype, preview, overwrite, zero_point, gain, exptime, psf_fwhm, theta_e,
-                bands, unlensed=False, catalog=None, columns=None, psf_beta=None) -> None:
+                bands, unlensed=False, catalog=None, columns=None, psf_beta=None, light=False) -> None:
     import numpy as np
 
     from deepmine.inference.cli.common import progress_bar
@@ -334,7 +361,7 @@ def _craft_onto(onto: Path, *, out, n, params, negatives, kinds, field, seed, no
                            pixel_scale=pixel_scale,
                            size=size, bands=bands, theta_e=te, seed=seed, dtype=dtype, overwrite=overwrite,
                            inputs=[psf], progress=prog, arc_noise=not no_noise, supersample=supersample,
-                           unlensed=unlensed, catalog=catalog, columns=columns)
+                           unlensed=unlensed, catalog=catalog, columns=columns, theta_e_from_light=light)
     s = table.meta["size"]
     what = "unlensed sources painted beside galaxies" if unlensed else "painted lenses"
     err_console.print(f"wrote {len(table)} {what} {out} ({dtype} {len(table)}×3×{s}×{s}) and "

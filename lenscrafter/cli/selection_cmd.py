@@ -75,6 +75,12 @@ def selection(
                                            "band): a Gaussian, or a Moffat with --psf-beta; default HSC-Wide seeing."),
     psf_beta: Optional[float] = typer.Option(None, "--psf-beta", help="--onto: the --psf-fwhm PSF is a Moffat "
                                              "(1 + (r/α)²)^-β of this β; without it, a Gaussian."),
+    theta_e_from_light: bool = typer.Option(False, "--theta-e-from-light", help="--onto: θ_E from each deflector's "
+                                            "i-band magnitude (Faber–Jackson + SIS, clipped to 0.8–2.8\"), as "
+                                            "`craft --onto --theta-e-from-light`; θ_E is then no grid axis."),
+    light_prior: Optional[str] = typer.Option(None, "--light-prior", help="--onto: parameters of "
+                                              "--theta-e-from-light (implies it), KEY=VALUE,...: sigma_ref, m_ref, "
+                                              "dls_ds, scatter (docs/lenscrafter.md)."),
     pixel_scale: Optional[float] = typer.Option(None, "--pixel-scale", help="--onto: arcsec per pixel when the "
                                                 "cutouts have no WCS (checked against it otherwise)."),
     bands: Optional[str] = typer.Option(None, "--bands", help="--onto: the cutouts' band order, e.g. g,r,i "
@@ -117,19 +123,24 @@ def selection(
     cols = {k: v for k, v in (("ra_col", ra_col), ("dec_col", dec_col), ("x_col", x_col), ("y_col", y_col))
             if v is not None}
     if onto:
+        from deepmine.lenscrafter.cli.craft_cmd import parse_light_prior
+
         source = _prepare_onto(onto if len(onto) > 1 or catalog is not None else onto[0], zero_point, gain, exptime,
-                               psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=psf_beta)
+                               psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=psf_beta,
+                               light=parse_light_prior(theta_e_from_light, light_prior))
     else:
         for opt, val in (("--zero-point", zero_point), ("--gain", gain), ("--exptime", exptime), ("--psf", psf),
-                         ("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--pixel-scale", pixel_scale), ("--bands", bands),
+                         ("--psf-fwhm", psf_fwhm), ("--psf-beta", psf_beta), ("--pixel-scale", pixel_scale),
+                         ("--theta-e-from-light", theta_e_from_light or None), ("--light-prior", light_prior), ("--bands", bands),
                          ("--catalog", catalog), ("--ra-col", ra_col), ("--dec-col", dec_col), ("--x-col", x_col),
                          ("--y-col", y_col)):
             if val is not None:
                 raise InputError(f"{opt} applies to --onto only")
     if source is not None:
-        from deepmine.lenscrafter.selection.onto import default_onto_grid, read_onto_grid
+        from deepmine.lenscrafter.selection.onto import check_onto_grid, default_onto_grid, read_onto_grid
 
         g = read_onto_grid(existing_file(grid, "grid file")) if grid is not None else default_onto_grid(source)
+        check_onto_grid(g, source)
     else:
         g = read_grid(existing_file(grid, "grid file")) if grid is not None else default_grid()
     n_cell = int(per_cell or g.per_cell)
@@ -232,7 +243,8 @@ def selection(
         out_console.print(f"wrote {p}")
 
 
-def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=None):
+def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, bands, catalog, cols, psf_beta=None,
+                  light=False):
     """Open, check and measure the deflectors of --onto (the checks of `craft --onto`)."""
     from deepmine.lenscrafter.cli.craft_cmd import _floats, _read_psf
     from deepmine.lenscrafter.paint.onto import read_deflectors
@@ -245,7 +257,7 @@ def _prepare_onto(onto, zero_point, gain, exptime, psf, psf_fwhm, pixel_scale, b
                             psf=_read_psf(psf) if psf is not None else None,
                             psf_fwhm=_floats(psf_fwhm, "--psf-fwhm", (1, 3)), psf_beta=psf_beta,
                             pixel_scale=pixel_scale,
-                            bands=bands, progress=advance, catalog=catalog, columns=cols)
+                            bands=bands, progress=advance, catalog=catalog, columns=cols, theta_e_from_light=light)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,9 @@ ellipticals, chapter 2). :func:`paint_arcs` does this for a stack of real cutout
    pull it); axis ratio and angle come from the window-corrected second moments of that light.
 2. The mass is an SIE centred on that centroid (sub-pixel positions are kept: the deflector
    sits at the centroid in arcsec from the cutout centre ((W−1)/2, (H−1)/2), the convention of
-   ``docs/formats.md``). θ_E is drawn from ``theta_e`` (default uniform 0.8–2.8″); with
+   ``docs/formats.md``). θ_E is drawn from ``theta_e`` (default uniform 0.8–2.8″), or with
+   ``theta_e_from_light`` from the deflector's measured i-band magnitude through Faber–Jackson
+   and the SIS relation, clipped to that range (:mod:`~deepmine.lenscrafter.paint.theta_prior`); with
    ``follow_light`` the mass has the light's axis ratio (q ≥ 0.5, i.e. ``e_sie`` ≤ 0.5, the
    range of :func:`~deepmine.lenscrafter.sample_lens_params`) and angle (± N(0, 10°), as that
    prior's light follows its mass), otherwise both come from that prior.
@@ -168,7 +170,13 @@ def _theta_e_values(theta_e, n: int):
 def _draw_lens(i, index, seed, te_kind, te_spec, q_light, phi_light, follow_light, source) -> dict:
     """Lens columns of cutout ``i`` (lens number ``index``) from its own stream: 1-element arrays."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), PAINT_SALT]))
-    if te_kind == "range":
+    if te_kind == "light":  # te_spec: (low, high, σ_FJ per cutout (km/s), scatter (dex), D_ls/D_s)
+        from .theta_prior import theta_e_sis
+
+        lo, hi, sigma, scatter, dls_ds = te_spec
+        te = float(np.clip(theta_e_sis(sigma[i] * 10.0 ** (scatter * rng.normal()), dls_ds), lo, hi)) \
+            if np.isfinite(sigma[i]) else lo
+    elif te_kind == "range":
         te = rng.uniform(*te_spec)
     elif te_kind == "fixed":
         te = te_spec
@@ -205,7 +213,7 @@ def _lens_table(draws: list, light) -> object:
 
 def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POINT, gain=HSC["gain"],
                psf=None, seed: int = 0, index_offset: int = 0, indices=None, theta_e=THETA_E_DEFAULT,
-               follow_light: bool = True, centers=None, sky_sigma=None, arc_noise: bool = True,
+               follow_light: bool = True, theta_e_from_light=False, centers=None, sky_sigma=None, arc_noise: bool = True,
                supersample: int = 1, bands=BANDS, border: int = 4, window: float = 0.6,
                return_arcs: bool = False, **source):
     """Paint a LensCrafter arc around the galaxy of every real cutout.
@@ -232,6 +240,12 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
     theta_e : (low, high), float or N floats
         Einstein radius prior, arcsec: uniform on (low, high) (default 0.8–2.8″), fixed, or one
         value per cutout; 0 < θ_E <= 20″.
+    theta_e_from_light : bool or dict
+        Draw θ_E from the deflector's i-band magnitude in a 2″ aperture (Faber–Jackson L ∝ σ⁴ and
+        θ_E = 4π (σ/c)² D_ls/D_s, log-normal scatter), clipped to ``theta_e`` = (low, high):
+        :mod:`~deepmine.lenscrafter.paint.theta_prior`, whose :data:`LIGHT_PRIOR` (σ 240 km/s at
+        m_i 19.5, D_ls/D_s 0.6, scatter 0.08 dex) a dict overrides. Adds the columns ``m_dfl``
+        (mag) and ``sigma_v`` (km/s, Faber–Jackson, before scatter).
     follow_light : bool
         The SIE takes the light's axis ratio (capped at e = 0.5) and angle (± 10°); otherwise
         both come from :func:`~deepmine.lenscrafter.sample_lens_params`'s prior.
@@ -297,6 +311,13 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
     if unknown:
         raise InputError(f"unknown source parameter(s) {', '.join(unknown)}; paint_arcs takes {', '.join(SOURCE_COLUMNS)}")
     te_kind, te_spec = _theta_e_values(theta_e, n)
+    prior = None
+    if theta_e_from_light is not False and theta_e_from_light is not None:
+        from .theta_prior import light_prior
+
+        prior = light_prior(theta_e_from_light)
+        if te_kind != "range":
+            raise InputError("theta_e_from_light: theta_e must be the (low, high) range the drawn values are clipped to")
     if indices is None:
         idx = np.arange(int(index_offset), int(index_offset) + n, dtype=np.int64)
     else:
@@ -316,6 +337,12 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
         light["dy"] = (cen[:, 1] - (size - 1) / 2.0) * pixel_scale
     sig = light["sky_sigma"] if sky_sigma is None else np.broadcast_to(
         _per_band("sky_sigma", sky_sigma, nchan, 0.0, 1e30), (n, nchan))
+    if prior is not None:
+        from .theta_prior import deflector_magnitude, sigma_from_magnitude
+
+        m_dfl = deflector_magnitude(a, light["x"], light["y"], np.asarray(light["sky"])[:, 0], zp[0], pixel_scale)
+        sigma_fj = sigma_from_magnitude(m_dfl, prior["sigma_ref"], prior["m_ref"])
+        te_kind, te_spec = "light", (*te_spec, sigma_fj, prior["scatter"], prior["dls_ds"])
 
     # ---- parameters: one stream per cutout (plain arrays; one Table at the end)
     q_l, phi_l = np.asarray(light["q_light"]), np.asarray(light["phi_light"])
@@ -367,10 +394,15 @@ def paint_arcs(cutouts, *, pixel_scale: float = PIXEL_SCALE, zero_point=ZERO_POI
             params[f"m_arc_{band}"].unit = "mag"
             params[f"snr_{band}"] = snr[:, b]
     params["mu"] = total[:, 2] / flux[:, 2]
+    if prior is not None:
+        params["m_dfl"], params["sigma_v"] = m_dfl, sigma_fj
+        params["m_dfl"].unit, params["sigma_v"].unit = "mag", "km / s"
     params.meta["deepmine"] = "lenscrafter arcs painted onto real cutouts"
     params.meta["paint"] = {"pixel_scale": pixel_scale, "zero_point": zp.tolist(), "gain": g.tolist(),
                             "seed": int(seed), "index_offset": int(index_offset), "follow_light": bool(follow_light),
-                            "theta_e": list(np.atleast_1d(te_spec))[:2] if te_kind != "array" else "per cutout"}
+                            "theta_e": "per cutout" if te_kind == "array" else
+                            [float(v) for v in np.atleast_1d(te_spec[:2] if te_kind == "light" else te_spec)][:2],
+                            **({"theta_e_prior": {"kind": "light", **prior}} if prior is not None else {})}
     if return_arcs:
         return painted, params, arcs
     return painted, params

@@ -336,6 +336,14 @@ def calibrate(d: Deflectors, *, pixel_scale=None, size=None, zero_point=None, ga
     return scale, zp, eff_gain, kern, psf_desc
 
 
+def _prior_text(prior) -> str:
+    """The θ_E prior of a parameter table's meta, in words."""
+    if not prior:
+        return "uniform in theta_e"
+    return "light (Faber-Jackson + SIS, clipped to theta_e): " + ", ".join(
+        f"{k}={v:g}" for k, v in prior.items() if k != "kind")
+
+
 def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
                psf_beta=None, pixel_scale=None, size=None, bands=None, theta_e=None, seed: int = 0, dtype: str = "uint8",
                overwrite: bool = False, inputs=(), progress=None, chunk: int = CHUNK, unlensed: bool = False,
@@ -352,7 +360,10 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     pixel_scale : arcsec/px when the file has no WCS (checked against the WCS otherwise)
     size : expected cutout side (pixels), checked
     bands : the file's band order (checked against its header)
-    theta_e : (low, high) θ_E prior in arcsec (default :data:`paint.THETA_E_DEFAULT`)
+    theta_e : (low, high) θ_E prior in arcsec (default :data:`paint.THETA_E_DEFAULT`); with
+        ``theta_e_from_light=True`` (or a dict of :data:`~deepmine.lenscrafter.paint.theta_prior.LIGHT_PRIOR`
+        overrides; passed to :func:`paint_arcs`), θ_E follows the deflector's i-band magnitude
+        (Faber–Jackson + SIS) clipped to that range
     seed : parameters and arc noise of cutout ``i`` come from ``(seed, i)``
     dtype : ``"uint8"`` (percentile-normalised as the scanner does) or ``"float32"`` (flux)
     overwrite : replace existing outputs; ``inputs`` are further paths never written over
@@ -389,6 +400,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
     if unlensed:
         if theta_e is not None:
             raise InputError("--theta-e does not apply with --unlensed (no lensing: theta_E = 0.01\")")
+        if paint_kwargs.get("theta_e_from_light"):
+            raise InputError("--theta-e-from-light does not apply with --unlensed (no lensing)")
         paint_kwargs = {**{k: v for k, v in UNLENSED.items() if k != "theta_e"}, **paint_kwargs}
         te = UNLENSED["theta_e"]
     else:
@@ -426,7 +439,8 @@ def craft_onto(deflectors, out, *, zero_point=None, gain=None, exptime=None, psf
         "stack": out.name, "seed": int(seed), "size": d.size,
         "pixel_scale": scale, "bands": ",".join(BANDS), "bands_in_file": ",".join(d.bands_in_file),
         "zero_point": zp.tolist(), "gain_e_per_unit": eff_gain.tolist(), "psf": psf_desc,
-        "theta_e": list(np.atleast_1d(te)), "unlensed": bool(unlensed), "dtype": dtype,
+        "theta_e": [float(v) for v in np.atleast_1d(te)], "unlensed": bool(unlensed), "dtype": dtype,
+        "theta_e_prior": _prior_text(table.meta.get("paint", {}).get("theta_e_prior")),
         "normalisation": "percentile 0.5/99.5 per band (the scanner's)" if dtype == "uint8" else "none (flux)",
     })
     table.meta.get("paint", {}).pop("index_offset", None)

@@ -393,7 +393,7 @@ def selection_function(
         from .onto import check_onto_grid
 
         onto.check_model(model)
-        check_onto_grid(grid)
+        check_onto_grid(grid, onto)
     ref = get_pool(pool)
     from deepmine.inference.identity import pool_model_check
 

@@ -20,6 +20,10 @@ in the cell as for the LensCrafter grid (:func:`~deepmine.lenscrafter.selection.
 parameters that are neither axes nor fixed come from :func:`paint_arcs`'s priors
 (``others = "prior"``, θ_E uniform 0.8–2.8″) or the Figure 4.2 reference lens
 (``others = "reference"``); the SIE follows the galaxy's light (axis ratio, angle ± 10°).
+With ``theta_e_from_light`` (``--theta-e-from-light``) θ_E is not a grid axis: every lens takes
+it from its deflector's ``m_dfl`` through Faber–Jackson and the SIS relation
+(:mod:`~deepmine.lenscrafter.paint.theta_prior`, clipped to 0.8–2.8″), so the cells bin the
+source and the deflectors and θ_E follows the deflector's light.
 Lens j of cell c is lens number ``c·per_cell + j`` (its arc noise stream), so results do not
 depend on how cells are split into parts, and ``--resume`` works as for the LensCrafter grid.
 
@@ -41,6 +45,7 @@ import numpy as np
 
 from deepmine.inference.errors import InputError, file_error
 
+from ..paint.theta_prior import APERTURE as _APERTURE
 from .cells import cell_seeds, cell_uniforms
 from .grid import SelectionGrid, make_axis
 from .pool import POOL_CHUNK, now_utc, select_bands
@@ -54,8 +59,8 @@ DEFLECTOR_AXES = {
     "m_dfl": "i-band AB magnitude in a 2″-radius aperture (sky-subtracted)",
     "q_dfl": "axis ratio of the i-band light (second moments)",
 }
-#: Aperture radius (arcsec) of ``m_dfl``.
-APERTURE = 2.0
+#: Aperture radius (arcsec) of ``m_dfl`` (one definition: :mod:`~deepmine.lenscrafter.paint.theta_prior`).
+APERTURE = _APERTURE
 #: Largest relative difference between the deflectors' and the model's pixel scales.
 PIXEL_SCALE_TOLERANCE = 0.05
 
@@ -73,7 +78,8 @@ def measure_deflectors(d, zero_point_i: float, pixel_scale: float, chunk: int = 
 
     A deflector without light above the sky in its aperture gets ``m_dfl`` = NaN (in no bin).
     """
-    from ..paint.galaxy_light import aperture_flux, measure_light
+    from ..paint.galaxy_light import measure_light
+    from ..paint.theta_prior import deflector_magnitude
 
     m = np.empty(d.n)
     q = np.empty(d.n)
@@ -81,10 +87,8 @@ def measure_deflectors(d, zero_point_i: float, pixel_scale: float, chunk: int = 
         e = min(s + int(chunk), d.n)
         a = d.read(s, e)
         light = measure_light(a, pixel_scale=pixel_scale)
-        f = aperture_flux(a[:, :1], light["x"], light["y"], APERTURE / pixel_scale,
-                          sky=np.asarray(light["sky"])[:, :1])[:, 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            m[s:e] = np.where(f > 0, zero_point_i - 2.5 * np.log10(np.where(f > 0, f, 1.0)), np.nan)
+        m[s:e] = deflector_magnitude(a, light["x"], light["y"], np.asarray(light["sky"])[:, 0], zero_point_i,
+                                     pixel_scale)
         q[s:e] = np.where(np.asarray(light["found"]), np.asarray(light["q_light"]), np.nan)
         if progress is not None:
             progress(e - s)
@@ -104,6 +108,8 @@ class OntoSource:
     properties : measured ``m_dfl`` and ``q_dfl`` of every deflector
     n, size : number of deflectors and their side (pixels)
     follow_light : the SIE follows the galaxy's light (axis ratio and angle)
+    theta_e_light : parameters of the light-following θ_E prior (empty: θ_E from the grid or
+        uniform; see :mod:`~deepmine.lenscrafter.paint.theta_prior`)
     stamp : the input's identity (bytes and modification time) for resume checks
     survey : for survey images + a catalogue, how to reopen them: ``images``, ``catalog``,
         ``columns``, ``bands`` (``path`` is then the catalogue)
@@ -124,6 +130,7 @@ class OntoSource:
     survey: dict = field(default_factory=dict)
     _open: object = field(default=None, repr=False, compare=False)
     _groups: dict = field(default_factory=dict, repr=False, compare=False)
+    theta_e_light: dict = field(default_factory=dict)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -150,6 +157,7 @@ class OntoSource:
                 "zero_point": [float(v) for v in self.zero_point], "gain_e_per_unit": [float(v) for v in self.gain],
                 "psf": self.psf_desc, "psf_sha256": hashlib.sha256(np.ascontiguousarray(self.psf).tobytes()).hexdigest(),
                 "follow_light": bool(self.follow_light), **self.stamp,
+                **({"theta_e_light": dict(self.theta_e_light)} if self.theta_e_light else {}),
                 **({"images": [str(Path(p).resolve()) for p in self.survey["images"]], "columns": self.survey["columns"]}
                    if self.survey else {})}  # fmt: skip
 
@@ -226,10 +234,11 @@ class OntoSource:
         if grid.others == "reference":
             kw.update({col: float(REFERENCE[col]) for col in SOURCE_COLUMNS if col not in kw})
         te = values["theta_e"][flat] if "theta_e" in values else (
-            float(REFERENCE["theta_e"]) if grid.others == "reference" else THETA_E_DEFAULT)
+            float(REFERENCE["theta_e"]) if grid.others == "reference" and not self.theta_e_light else THETA_E_DEFAULT)
         painted, _ = paint_arcs(self.deflectors().take(chosen[keep]), pixel_scale=self.pixel_scale,
                                 zero_point=np.asarray(self.zero_point), gain=np.asarray(self.gain), psf=self.psf,
-                                seed=craft_seed, indices=lens_no, theta_e=te, follow_light=self.follow_light, **kw)
+                                seed=craft_seed, indices=lens_no, theta_e=te, follow_light=self.follow_light,
+                                theta_e_from_light=dict(self.theta_e_light) or False, **kw)
         return select_bands(painted.astype(np.float32), model.metadata.bands), counts
 
 
@@ -246,7 +255,7 @@ def _stamp(paths) -> dict:
 
 def prepare_onto(deflectors, *, zero_point=None, gain=None, exptime=None, psf=None, psf_fwhm=None,
                  psf_beta=None, pixel_scale=None, size=None, bands=None, follow_light: bool = True, progress=None, catalog=None,
-                 columns=None) -> OntoSource:
+                 columns=None, theta_e_from_light=False) -> OntoSource:
     """Open, check and measure DEFLECTORS for ``deepmine selection --onto``.
 
     The checks (band order, pixel scale, size, zero point, gain, PSF: a kernel, or a Gaussian or, with
@@ -265,18 +274,25 @@ def prepare_onto(deflectors, *, zero_point=None, gain=None, exptime=None, psf=No
     scale, zp, eff_gain, kern, psf_desc = calibrate(d, pixel_scale=pixel_scale, size=size, zero_point=zero_point,
                                                     gain=gain, exptime=exptime, psf=psf, psf_fwhm=psf_fwhm,
                                                     psf_beta=psf_beta)
+    light = {}
+    if theta_e_from_light is not False and theta_e_from_light is not None:
+        from ..paint.theta_prior import light_prior
+
+        light = light_prior(theta_e_from_light)
     props = measure_deflectors(d, float(zp[0]), scale, progress=progress)
     return OntoSource(str(catalog if catalog is not None else given[0]), tuple(d.bands_in_file), float(scale),
                       tuple(map(float, zp)),
                       tuple(map(float, eff_gain)), np.asarray(kern), psf_desc, props, int(d.n), int(d.size),
-                      bool(follow_light), _stamp([*given, *([catalog] if catalog is not None else [])]), survey, d)
+                      bool(follow_light), _stamp([*given, *([catalog] if catalog is not None else [])]), survey, d,
+                      theta_e_light=light)
 
 
 def default_onto_grid(source: OntoSource, per_cell: int = 4) -> SelectionGrid:
     """θ_E (0.5–3″, 5 log bins) × m_arc (20–26, 6 bins) × m_dfl (the deflectors' range, 3 bins) ×
     q_dfl (0.2–1, 2 bins), other parameters from the priors. ``m_dfl`` spans the 1st to 99th
     percentile of the measured magnitudes, rounded out to 0.1 mag (at least 0.3 mag wide): the
-    faintest and brightest 1 % (often a centroid on a faint neighbour) are left out."""
+    faintest and brightest 1 % (often a centroid on a faint neighbour) are left out. With the
+    source's ``theta_e_light`` prior θ_E is no axis (it follows m_dfl)."""
     known = known_onto_parameters()
     m = source.properties["m_dfl"]
     m = m[np.isfinite(m)]
@@ -285,7 +301,8 @@ def default_onto_grid(source: OntoSource, per_cell: int = 4) -> SelectionGrid:
     p1, p99 = np.percentile(m, [1.0, 99.0])
     lo, hi = np.floor(p1 * 10) / 10, np.ceil(p99 * 10) / 10
     hi = max(hi, lo + 0.3)
-    axes = [make_axis("theta_e", 0.5, 3.0, 5, "log", where="default --onto grid", known=known),
+    axes = [*([] if source.theta_e_light else
+              [make_axis("theta_e", 0.5, 3.0, 5, "log", where="default --onto grid", known=known)]),
             make_axis("m_arc", 20.0, 26.0, 6, where="default --onto grid", known=known),
             make_axis("m_dfl", lo, hi, 3, where="default --onto grid", known=known),
             make_axis("q_dfl", 0.2, 1.0, 2, where="default --onto grid", known=known)]
@@ -300,8 +317,13 @@ def read_onto_grid(path) -> SelectionGrid:
     return check_onto_grid(read_grid(path, known=[*known_parameters(), *DEFLECTOR_AXES]))
 
 
-def check_onto_grid(grid: SelectionGrid) -> SelectionGrid:
-    """Refuse (one line) a grid naming parameters that a painted real deflector cannot vary."""
+def check_onto_grid(grid: SelectionGrid, source: OntoSource | None = None) -> SelectionGrid:
+    """Refuse (one line) a grid naming parameters that a painted real deflector cannot vary, or
+    θ_E when ``source`` draws it from the deflectors' light."""
+    if source is not None and source.theta_e_light and (
+            "theta_e" in grid.fixed or any(a.column == "theta_e" for a in grid.axes)):
+        raise InputError("selection --onto --theta-e-from-light: theta_E follows the deflectors' light; "
+                         "drop theta_e from the grid (or the option)")
     known = known_onto_parameters()
     bad = [a.name for a in grid.axes if a.column not in known] + [c for c in grid.fixed if c not in known]
     if bad:
