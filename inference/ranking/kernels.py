@@ -158,15 +158,20 @@ def _radix_argsort(keys, idx_dtype_sample, digit_bits, n_digits):  # pragma: no 
 
 
 @nb.njit(cache=True)
-def _average_ranks(sorted_keys, order, out):  # pragma: no cover - compiled
-    n = sorted_keys.shape[0]
+def sorted_values(sorted_keys, order, below, n, out):  # pragma: no cover - compiled
+    """Ordinality of sorted keys: ``out[order[t]]`` = average 1-based position of key t's ties / n.
+
+    ``below``: how many of the ``n`` ranked values lie below these keys (0 for a whole array;
+    a key range's offset in the streamed merge, :mod:`.merge`).
+    """
+    m = sorted_keys.shape[0]
     i = 0
-    while i < n:
+    while i < m:
         j = i + 1
-        while j < n and sorted_keys[j] == sorted_keys[i]:
+        while j < m and sorted_keys[j] == sorted_keys[i]:
             j += 1
-        # 1-based positions i+1 .. j share their average (i + 1 + j) / 2
-        value = (i + 1 + j) * 0.5 / n
+        # 1-based positions below+i+1 .. below+j share their average
+        value = (below + i + 1 + below + j) * 0.5 / n
         for t in range(i, j):
             out[order[t]] = value
         i = j
@@ -197,7 +202,7 @@ def ordinality(scores) -> np.ndarray:
     x = check_scores(scores)
     sorted_keys, order = _argsort_keys(x)
     out = np.empty(x.shape[0], dtype=np.float64)
-    _average_ranks(sorted_keys, order, out)
+    sorted_values(sorted_keys, order, 0, x.shape[0], out)
     return out
 
 

@@ -11,7 +11,7 @@ import numba as nb
 import numpy as np
 
 from ..errors import InputError
-from .kernels import _float_keys_u32
+from .kernels import _float_keys_u32, sorted_values
 
 __all__ = ["Range", "plan_ranges", "rank_range", "keys_u32", "count_dense", "dense_values", "lookup_dense",
            "sorted_values"]
@@ -69,20 +69,6 @@ def lookup_dense(table, slot_of, keys, out):  # pragma: no cover - compiled
             out[m] = table[s * 65536 + (k & 0xFFFF)]
             m += 1
     return m
-
-
-@nb.njit(cache=True)
-def sorted_values(sorted_keys, order, below, n, out):  # pragma: no cover - compiled
-    m = sorted_keys.shape[0]
-    i = 0
-    while i < m:
-        j = i + 1
-        while j < m and sorted_keys[j] == sorted_keys[i]:
-            j += 1
-        value = (below + i + 1 + below + j) * 0.5 / n
-        for t in range(i, j):
-            out[order[t]] = value
-        i = j
 
 
 def plan_ranges(hist: np.ndarray, share: int, method: str | None = None) -> list[Range]:
