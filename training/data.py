@@ -5,7 +5,9 @@ Files
     N×C×H×W, or N×H×W for one band; uint8 (already percentile-normalised, the HSC
     convention) or float (raw fluxes). Preprocessing is
     :func:`deepmine.inference.preprocess.prepare_batch` with the model's own spec — the same
-    call the scanner makes, so training and scanning see identical inputs.
+    call the scanner makes, so training and scanning see identical inputs. A set may mix uint8
+    and float files: :meth:`CutoutSource.prepared` preprocesses each file's rows on their own,
+    so every row is normalised exactly once, as the scanner normalises it.
 
 Negative learning (seed 4.2)
     An epoch walks over the positives in a random order; every positive in a minibatch is
@@ -38,7 +40,7 @@ import numpy as np
 from deepmine.inference.errors import InputError, file_error
 from deepmine.inference.formats import STACK_SUFFIXES, open_stack
 from deepmine.inference.metadata import file_sha256
-from deepmine.inference.preprocess import prepare_batch
+from deepmine.inference.preprocess import percentile_normalization, prepare_batch
 
 SUFFIXES = STACK_SUFFIXES
 
@@ -72,18 +74,44 @@ class CutoutSource:
     def image_shape(self) -> tuple:
         return tuple(self.arrays[0].shape[1:])
 
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """Rows ``index`` (any order, repeats allowed) as one in-memory array."""
-        index = np.asarray(index, dtype=np.int64)
+    def _groups(self, index: np.ndarray):
+        """(array number, positions in ``index``, sorted rows of that array) for every array ``index`` hits."""
         which = np.searchsorted(self.offsets, index, side="right") - 1
-        dtype = np.result_type(*[a.dtype for a in self.arrays])
-        out = np.empty((index.size,) + self.image_shape, dtype=dtype)
-        for k, arr in enumerate(self.arrays):
+        for k in range(len(self.arrays)):
             sel = np.nonzero(which == k)[0]
             if sel.size:
                 rows = index[sel] - self.offsets[k]
                 order = np.argsort(rows, kind="stable")  # sorted reads are kinder to memmaps
-                out[sel[order]] = arr[rows[order]]
+                yield k, sel[order], rows[order]
+
+    def take(self, index: np.ndarray) -> np.ndarray:
+        """Rows ``index`` (any order, repeats allowed) as one in-memory array.
+
+        When any array is uint8 (already percentile-normalised, the HSC convention), the rows
+        come back as uint8 and the rows of float arrays are percentile-normalised on their own
+        (:func:`deepmine.inference.preprocess.percentile_normalization`, 0.5/99.5 %, as the
+        scanner normalises a float cutout), so no uint8 row is normalised a second time by a
+        later :func:`prepare_batch`. Otherwise the common dtype of the arrays.
+        """
+        index = np.asarray(index, dtype=np.int64)
+        dtypes = [a.dtype for a in self.arrays]
+        as_uint8 = any(d == np.uint8 for d in dtypes) and any(d != np.uint8 for d in dtypes)
+        dtype = np.uint8 if as_uint8 else np.result_type(*dtypes)
+        out = np.empty((index.size,) + self.image_shape, dtype=dtype)
+        for k, at, rows in self._groups(index):
+            x = self.arrays[k][rows]
+            out[at] = percentile_normalization(x) if as_uint8 and x.dtype != np.uint8 else x
+        return out
+
+    def prepared(self, index: np.ndarray, spec: dict) -> np.ndarray:
+        """Rows ``index`` as the model's float32 input: each array's rows through
+        :func:`prepare_batch` with ``spec`` on their own (uint8 / 255; float normalised as the
+        spec says), so every row is exactly what the scanner makes of that row alone, whatever
+        the other arrays of the source hold."""
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((index.size,) + self.image_shape, dtype=np.float32)
+        for k, at, rows in self._groups(index):
+            out[at] = prepare_batch(np.asarray(self.arrays[k][rows]), spec)
         return out
 
 
@@ -313,9 +341,7 @@ class NegativeLearningSampler:
     def batches(self, rng: np.random.Generator) -> Iterator[Batch]:
         """Preprocessed, augmented batches of one epoch (all draws from ``rng``)."""
         for pos, neg in self.plan(rng):
-            raw_pos = self.positives.take(pos)
-            raw_neg = self.negatives.take(neg)
-            x = np.concatenate([prepare_batch(raw_pos, self.spec), prepare_batch(raw_neg, self.spec)])
+            x = np.concatenate([self.positives.prepared(pos, self.spec), self.negatives.prepared(neg, self.spec)])
             y = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
             if self.symmetries:
                 x = random_symmetry(x, rng)
@@ -330,7 +356,7 @@ def eval_batches(source: CutoutSource, index: np.ndarray, spec: dict, batch_size
     """Preprocessed float32 batches of ``source`` rows ``index`` in order (no augmentation)."""
     index = np.asarray(index)
     for i in range(0, len(index), batch_size):
-        yield prepare_batch(source.take(index[i : i + batch_size]), spec)
+        yield source.prepared(index[i : i + batch_size], spec)
 
 
 # --------------------------------------------------------------------------------------

@@ -42,8 +42,6 @@ class GanResult:
 def _epoch_batches(source, rows: np.ndarray, spec: dict, batch: int, per_epoch: int, symmetries: bool,
                    rng: np.random.Generator):
     """Preprocessed float32 batches of one epoch over ``rows`` of ``source``."""
-    from deepmine.inference.preprocess import prepare_batch
-
     from ..data import random_symmetry
 
     if per_epoch:
@@ -55,7 +53,7 @@ def _epoch_batches(source, rows: np.ndarray, spec: dict, batch: int, per_epoch: 
         sel = pick[i : i + batch]
         if len(sel) < 2:  # BatchNorm needs two images; a single leftover joins the next epoch
             break
-        x = prepare_batch(source.take(sel), spec)
+        x = source.prepared(sel, spec)  # each file's rows normalised once, as the scanner would
         if symmetries:
             x = random_symmetry(x, rng)
         yield np.ascontiguousarray(x, dtype=np.float32)
