@@ -154,10 +154,6 @@ def craft(
 
     if float_out:
         dtype = "float32"
-    if preview is not None:
-        from deepmine.inference.pictures import picture_format
-
-        picture_format(preview, "--preview")  # a wrong suffix is refused before any work
     cols = {k: v for k, v in (("ra_col", ra_col), ("dec_col", dec_col), ("x_col", x_col), ("y_col", y_col))
             if v is not None}
     if onto:
