@@ -136,7 +136,7 @@ def plot_completeness(sel, path, *, x_names=("theta_e", "m_arc"), title: str | N
     have = [n for n in x_names if n in sel.grid.names]
     if not have:
         have = sel.grid.names[:2]
-    fig, axs = plt.subplots(1, len(have), figsize=(5.2 * len(have), 4.2), squeeze=False)
+    fig, axs = plt.subplots(1, len(have), figsize=(6.8 * len(have), 4.2), squeeze=False)
     cmap = plt.get_cmap("plasma")
     for ax, name in zip(axs[0], have):
         a = sel.grid.axis(name)
@@ -159,7 +159,8 @@ def plot_completeness(sel, path, *, x_names=("theta_e", "m_arc"), title: str | N
         ax.set_xlabel(a.label)
         ax.set_ylabel(f"completeness (ordinality > {sel.cut:g})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        # beside the axes, not on them: completeness curves run along 1.0, where "best" still covers them
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.suptitle(title or _title(sel), fontsize=9)
     fig.tight_layout()
     p = _save(fig, path)
