@@ -88,29 +88,27 @@ def check_scores(scores, name: str = "scores") -> np.ndarray:
 # radix argsort of order-preserving integer keys
 # --------------------------------------------------------------------------------------
 @nb.njit(cache=True)
-def _float_keys_u32(x):  # pragma: no cover - compiled
-    bits = x.view(np.uint32)
-    keys = np.empty(x.shape[0], dtype=np.uint32)
-    sign = np.uint32(0x80000000)
-    for i in range(x.shape[0]):
+def _order_keys(bits, sign):  # pragma: no cover - compiled
+    """Unsigned keys that sort as the IEEE floats whose bits they are (``sign``: the sign bit of
+    their width); -0.0 ties with +0.0. One kernel, compiled once per width."""
+    keys = np.empty_like(bits)
+    zero = sign ^ sign
+    for i in range(bits.shape[0]):
         b = bits[i]
         if b == sign:  # -0.0 ties with +0.0
-            b = np.uint32(0)
-        keys[i] = (b ^ sign) if (b & sign) == 0 else ~b
+            b = zero
+        keys[i] = (b ^ sign) if (b & sign) == zero else ~b
     return keys
 
 
-@nb.njit(cache=True)
-def _float_keys_u64(x):  # pragma: no cover - compiled
-    bits = x.view(np.uint64)
-    keys = np.empty(x.shape[0], dtype=np.uint64)
-    sign = np.uint64(0x8000000000000000)
-    for i in range(x.shape[0]):
-        b = bits[i]
-        if b == sign:
-            b = np.uint64(0)
-        keys[i] = (b ^ sign) if (b & sign) == 0 else ~b
-    return keys
+def _float_keys_u32(x):
+    """Order-preserving uint32 keys of float32 scores."""
+    return _order_keys(x.view(np.uint32), np.uint32(0x80000000))
+
+
+def _float_keys_u64(x):
+    """Order-preserving uint64 keys of float64 scores."""
+    return _order_keys(x.view(np.uint64), np.uint64(0x8000000000000000))
 
 
 @nb.njit(cache=True)
