@@ -40,6 +40,8 @@ import numpy as np
 
 from deepmine.inference.errors import InputError
 
+from .galaxy_light import _check_number
+
 __all__ = ["LIGHT_PRIOR", "APERTURE", "C_KMS", "light_prior", "sigma_from_magnitude", "theta_e_sis",
            "theta_e_from_magnitude", "deflector_magnitude"]
 
@@ -64,14 +66,7 @@ def light_prior(spec=True) -> dict:
         raise InputError(f"light prior: unknown parameter(s) {', '.join(unknown)}; expected {', '.join(LIGHT_PRIOR)}")
     out = {**LIGHT_PRIOR}
     for k, v in over.items():
-        lo, hi = LIGHT_PRIOR_RANGES[k]
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            raise InputError(f"light prior: {k}={v!r} is not a number") from None
-        if not (math.isfinite(x) and lo <= x <= hi):
-            raise InputError(f"light prior: {k}={v!r} is out of range; expected {lo:g} <= {k} <= {hi:g}")
-        out[k] = x
+        out[k] = _check_number(f"light prior {k}", v, *LIGHT_PRIOR_RANGES[k])
     return out
 
 
