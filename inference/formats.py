@@ -7,7 +7,7 @@ Every module that decides what a file is by its name asks here (as astropy's
   (``cat.fits.gz`` → ``cat``);
 - :data:`STACK_SUFFIXES` and :func:`open_stack`: a stack of cutouts (``.npy`` or a FITS cube),
   memory-mapped, as N×C×H×W — the one reader used by training data, the grading page and
-  ``deepmine generate``'s checks (the scanner's streaming readers in :mod:`.readers` use the
+  ``deepmine generate``'s checks (the scanner's streaming readers in :mod:`.inputs.readers` use the
   same suffixes and dtype rules);
 - :data:`HSC_BANDS`: the channel order of 3-band cutouts (seed 4.1: bands i, r, g → R, G, B);
 - :func:`split_extension`, :func:`open_fits`, :func:`image_hdu`: a FITS image named with an

@@ -9,8 +9,8 @@ Parameter tables and priors: :func:`reference_lens_params`, :func:`sample_lens_p
 (:mod:`.params` documents the columns). Batched synthesis: :func:`craft_lenses`,
 :func:`craft_negatives`. The field population around every scene (galaxies and stars from
 published counts, sizes and colours): :func:`field_population` (:mod:`.field`). Arcs painted
-onto real galaxy cutouts: :func:`paint_arcs` (:mod:`.paint`); as files, with the survey's
-calibration checked (``deepmine craft --onto``): :func:`craft_onto` (:mod:`.onto`).
+onto real galaxy cutouts: :func:`paint_arcs` (:mod:`.paint.arcs`); as files, with the survey's
+calibration checked (``deepmine craft --onto``): :func:`craft_onto` (:mod:`.paint.onto`).
 """
 # name → module; resolved on first access (PEP 562), so that importing a command module
 # (deepmine.lenscrafter.cli.*) for `deepmine --help` does not compile or load Numba.
