@@ -45,7 +45,7 @@ def test_plain_install_has_no_torch_and_cli_works(clean_venv, tmp_path):
     site = next((clean_venv / "lib").glob("python*/site-packages"))
     for generic in ("inference", "lenscrafter", "export", "training"):
         assert not (site / generic).exists(), f"{generic} installed at top level"
-    assert (site / "deepmine" / "inference" / "ranking.py").exists()
+    assert (site / "deepmine" / "inference" / "ranking" / "kernels.py").exists()
 
 
 def test_every_subpackage_is_installed_and_every_command_has_help(clean_venv):
