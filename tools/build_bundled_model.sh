@@ -20,9 +20,12 @@
 # before this, without offsets) are refused rather than silently reused (non-lens stacks are
 # reused: offsets do not touch them).
 #
-# Needs deepmine[train]. Crafting the stacks takes ~5 min on 2 CPU cores. Stage 1 is 9 epochs of
-# ~9 min on 2 CPU cores (~70 cutouts/s forward + backward, plus ~1 min of held-out evaluation);
-# stage 2 one epoch of ~5 min; selection function, evaluation and exports ~20 min: ~2 h in all.
+# The shipped model (issue 17, 2026-11-30) is
+#   STAGE1_EPOCHS=30 tools/build_bundled_model.sh build/demo-model-30 cpu
+# Needs deepmine[train]. Crafting the stacks takes ~5 min on 2 CPU cores. Stage 1 epochs take
+# ~8–9 min each on 2 CPU cores (~70 cutouts/s forward + backward, plus ~1 min of held-out
+# evaluation): 30 epochs ~4.6 h, in sittings (an interrupted stage resumes from its checkpoint);
+# stage 2 one epoch of ~4 min; selection function, evaluation and exports ~10 min.
 # STAGE1_EPOCHS / STAGE2_EPOCHS (defaults: the recipes' 9 and 1) shorten or lengthen the stages;
 # the cosine schedule of stage 1 follows the number of epochs actually asked for.
 # Shortened stages are recorded in the provenance (recipe.json, the model's metadata) as

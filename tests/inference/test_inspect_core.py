@@ -158,6 +158,30 @@ def _get(url):
         return r.headers.get("Content-Type"), r.read()
 
 
+def test_close_does_not_wait_for_an_idle_keep_alive_connection(scan):
+    """Ctrl-C with a browser tab open: the tab's keep-alive connection sits idle in a handler
+    thread; closing the server must end it, not wait for the browser to hang up."""
+    import http.client
+    import threading
+
+    session = InspectSession(scan, top=12, grader="ann")
+    srv = make_server(session, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
+    try:
+        conn.request("GET", "/api/state?grader=ann")  # HTTP/1.1: the connection stays open
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["total"] == 12
+        srv.shutdown()
+        closer = threading.Thread(target=srv.server_close, daemon=True)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "server_close waited for an idle keep-alive connection"
+    finally:
+        conn.close()
+        session.close()
+
+
 def _post(url, body, headers=None, session=None):
     """POST as the page does: the session token and the catalogue identity included."""
     if session is not None:

@@ -101,10 +101,6 @@ def test_demo_in_torch_free_venv_runs_and_writes_its_pictures(demo_result):
     assert r["total_s"] < 120, r  # "under two minutes on 2 cores"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the bundled model, rebuilt on 2 CPU cores on the HSC-Wide sky "
-                   "with off-centre lenses, is under-trained (held-out RP 0.84, still rising): the demo gives RP 0.88 "
-                   "and 12 of 40 hidden lenses in the top 0.5 % (was 0.73 and 7), below issue 10's floors "
-                   "(docs/benchmarks.md). Strict: remove the mark when a longer build passes.")
 def test_demo_meets_its_floors(demo_result):
     # issue 10's floors: RP on the demo's own mock survey ≥ 0.95 and at least half of the hidden
     # lenses in the survey's top 0.5 % (ranked above 99.5 % of its non-lens scenes)
