@@ -334,11 +334,20 @@ _TORCH_BLOCKER = textwrap.dedent(
 )
 
 
+def _sigint_default():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _serve_inspect(args, cwd):
     """Start ``deepmine inspect ...`` in a subprocess; return (process, url)."""
     env = dict(os.environ, DEEPMINE_NO_PROGRESS="1", COLUMNS="200")
+    # the tests stop the server with SIGINT (Ctrl-C); a test run started in the background
+    # (`pytest &`, nohup) ignores SIGINT and its children would inherit that, so restore it
     proc = subprocess.Popen([sys.executable, "-m", "deepmine.inference.cli", *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_sigint_default if os.name == "posix" else None)
     line = proc.stdout.readline()
     if not line.startswith("open http"):
         proc.kill()
