@@ -177,6 +177,8 @@ def test_close_does_not_wait_for_an_idle_keep_alive_connection(scan):
         closer.start()
         closer.join(10)
         assert not closer.is_alive(), "server_close waited for an idle keep-alive connection"
+        conn.sock.settimeout(5)  # the server hung up on the tab (its own read timeout is 10 s)
+        assert conn.sock.recv(1) == b"", "the keep-alive connection is still open after close"
     finally:
         conn.close()
         session.close()
