@@ -187,7 +187,6 @@ if __name__ == "__main__":  # pragma: no cover - the timing run behind the READM
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--from-step", type=int, default=1, help="continue a tour run in FOLDER at this step")
     a = ap.parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # started with nohup/&: let the server get Ctrl-C
     t_all = time.perf_counter()
     result = run_tour(a.folder, _conftest_serve_inspect(), small=a.small, log=lambda s: print(s, flush=True),
                       first_step=a.from_step)
